@@ -1,0 +1,31 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the configuration asks of the master. Read at start and again on every SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub restart: RestartSettings,
+    pub runtime: RuntimeSettings,
+}
+
+/// Settings fixed for the life of the master: a reload that changes them draws a warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartSettings {
+    /// Every socket to bind, in the order workers will receive them.
+    pub sockets: Vec<SocketAddr>,
+    pub listen_backlog: i32,
+    pub uid: Option<String>,
+    pub gid: Option<String>,
+    pub pidfile: Option<PathBuf>,
+    pub master_as_root: bool,
+    /// `TCP_DEFER_ACCEPT` seconds: a connection that sends nothing never wakes a worker.
+    pub defer_accept_secs: u32,
+}
+
+/// Settings a reload applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    pub processes: usize,
+    pub reload_mercy: Duration,
+}

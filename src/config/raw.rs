@@ -1,0 +1,156 @@
+//! The configuration as written: one flat serde struct (SPEC §9: `deny_unknown_fields`
+//! cannot be combined with `flatten`), one per source, merged in order.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::https::HttpsTable;
+
+/// A value that may be written as one item or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `uid = "www-data"` or `uid = 33`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NameOrId {
+    Name(String),
+    Id(u32),
+}
+
+impl NameOrId {
+    pub fn into_string(self) -> String {
+        match self {
+            NameOrId::Name(s) => s,
+            NameOrId::Id(n) => n.to_string(),
+        }
+    }
+}
+
+/// An `https` entry: the compact uWSGI string or a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum HttpsValue {
+    Compact(String),
+    Table(HttpsTable),
+}
+
+macro_rules! raw_config {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty,)*) => {
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct RawConfig {
+            $($(#[$doc])* pub $field: Option<$ty>,)*
+        }
+
+        impl RawConfig {
+            /// Every key set in `later` replaces ours (lists included).
+            pub fn merge(&mut self, later: RawConfig) {
+                $(if later.$field.is_some() { self.$field = later.$field; })*
+            }
+        }
+    };
+}
+
+raw_config! {
+    /// Accepted and ignored: there is always a master.
+    master: bool,
+    #[serde(alias = "workers")]
+    processes: usize,
+    threads: usize,
+    shared_socket: OneOrMany<String>,
+    uid: NameOrId,
+    gid: NameOrId,
+    https: OneOrMany<HttpsValue>,
+    http_to: OneOrMany<String>,
+    listen: i32,
+    pidfile: PathBuf,
+    reload_mercy: u64,
+    harakiri: u64,
+    max_requests: u64,
+    handshake_timeout: u64,
+    http_headers_timeout: u64,
+    http_keepalive: u64,
+    http_timeout: u64,
+    http_connect_timeout: u64,
+    buffer_size: usize,
+    max_body: u64,
+    chunked_input_limit: u64,
+    ssl_verify_depth: u32,
+    https_session_context: String,
+    https_export_cert: bool,
+    ticket_key_file: PathBuf,
+    master_as_root: bool,
+    proxy_protocol: bool,
+    stats: String,
+    access_log: bool,
+    log_file: PathBuf,
+    log_level: String,
+}
+
+impl RawConfig {
+    /// Make every path absolute against `base` (the file's folder, or the working directory
+    /// for command-line flags), and turn compact `https` strings into tables, so sources can
+    /// be merged without losing where their paths came from.
+    pub fn resolve_paths(&mut self, base: &Path) -> Result<(), String> {
+        for p in [
+            &mut self.pidfile,
+            &mut self.ticket_key_file,
+            &mut self.log_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = base.join(&*p);
+        }
+        if let Some(to) = self.http_to.take() {
+            let resolved = to
+                .into_vec()
+                .into_iter()
+                .map(|t| resolve_backend(&t, base))
+                .collect();
+            self.http_to = Some(OneOrMany::Many(resolved));
+        }
+        if let Some(https) = self.https.take() {
+            let tables = https
+                .into_vec()
+                .into_iter()
+                .map(|v| {
+                    let mut t = match v {
+                        HttpsValue::Compact(s) => HttpsTable::from_compact(&s)?,
+                        HttpsValue::Table(t) => t,
+                    };
+                    t.resolve_paths(base);
+                    Ok(HttpsValue::Table(t))
+                })
+                .collect::<Result<_, String>>()?;
+            self.https = Some(OneOrMany::Many(tables));
+        }
+        Ok(())
+    }
+}
+
+/// Unix socket paths in `http-to` are relative to `base` too.
+fn resolve_backend(target: &str, base: &Path) -> String {
+    if let Some(path) = target.strip_prefix("unix:") {
+        return format!("unix:{}", base.join(path).display());
+    }
+    if super::is_unix_path(target) {
+        return base.join(target).display().to_string();
+    }
+    target.to_string()
+}

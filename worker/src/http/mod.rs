@@ -1,0 +1,6 @@
+//! HTTP/1.1 framing: request heads, chunked bodies, backend response heads, error answers.
+
+pub mod chunked;
+pub mod errors;
+pub mod request;
+pub mod response;

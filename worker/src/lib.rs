@@ -1,0 +1,19 @@
+//! The worker side of uwsgi-master: TLS contexts, accept threads, HTTP/1.1 and the uwsgi
+//! backend. It knows nothing of fork or signals beyond a stop flag.
+
+pub mod backend;
+mod cgi;
+mod conn;
+pub mod http;
+mod proxy;
+mod responder;
+mod server;
+mod session;
+mod settings;
+mod tls;
+
+pub use server::{BuildError, RunError, Server, StopSignal};
+pub use settings::{
+    BackendAddr, ListenerSettings, Settings, Timeouts, TlsSettings, TlsVersion, VerifyClient,
+};
+pub use tls::TlsError;

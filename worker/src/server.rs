@@ -1,0 +1,267 @@
+//! The worker body: TLS contexts built in the master, and the accept threads that run in each
+//! forked worker.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{accept4, SockFlag};
+use openssl::ssl::SslAcceptor;
+
+use crate::backend::Backends;
+use crate::conn::Conn;
+use crate::http::errors::plaintext_on_tls_port;
+use crate::session::ConnInfo;
+use crate::settings::Settings;
+use crate::tls::{build_acceptor, TlsError};
+
+/// Stack for accept threads: OpenSSL and our buffers need far less than std's 2 MiB.
+const THREAD_STACK: usize = 256 * 1024;
+/// The epoll token of the stop pipe.
+const STOP_TOKEN: u64 = u64::MAX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("https entry {index}: socket ={socket} does not exist ({bound} sockets bound)")]
+    NoSocket {
+        index: usize,
+        socket: usize,
+        bound: usize,
+    },
+    #[error("{0}")]
+    Backend(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot start any thread: {0}")]
+    Threads(std::io::Error),
+    #[error("epoll: {0}")]
+    Epoll(Errno),
+}
+
+/// One TLS listener as workers use it.
+pub struct ListenerRt {
+    pub socket: usize,
+    pub addr: SocketAddr,
+    pub acceptor: SslAcceptor,
+    pub export_cert: bool,
+}
+
+/// What every thread of a worker shares (read-only on the request path).
+pub struct Shared {
+    pub settings: Settings,
+    pub backends: Backends,
+    stop: &'static AtomicBool,
+}
+
+impl Shared {
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Ready to run in a worker: built (and every file checked) in the master.
+pub struct Server {
+    settings: Settings,
+    backends: Vec<crate::settings::BackendAddr>,
+    listeners: Vec<ListenerRt>,
+}
+
+/// How a worker is told to stop accepting: a flag and a pipe that becomes readable.
+pub struct StopSignal<'a> {
+    pub flag: &'static AtomicBool,
+    pub fd: BorrowedFd<'a>,
+}
+
+impl Server {
+    /// Build every TLS context. `bound` are the addresses of the sockets the master bound,
+    /// in order.
+    pub fn build(settings: Settings, bound: &[SocketAddr]) -> Result<Server, BuildError> {
+        let mut listeners = Vec::with_capacity(settings.listeners.len());
+        for (index, l) in settings.listeners.iter().enumerate() {
+            let addr = *bound.get(l.socket).ok_or(BuildError::NoSocket {
+                index,
+                socket: l.socket,
+                bound: bound.len(),
+            })?;
+            listeners.push(ListenerRt {
+                socket: l.socket,
+                addr,
+                acceptor: build_acceptor(&l.tls, addr)?,
+                export_cert: l.export_cert,
+            });
+        }
+        // Resolve now so that a name that does not resolve fails the start or the reload.
+        Backends::resolve(&settings.backends).map_err(BuildError::Backend)?;
+        Ok(Server {
+            backends: settings.backends.clone(),
+            settings,
+            listeners,
+        })
+    }
+
+    /// Run `threads` accept threads until stop is requested and every connection is done.
+    /// `sockets` are all the sockets the master bound, in order.
+    pub fn run(&self, sockets: &[&TcpListener], stop: StopSignal<'_>) -> Result<(), RunError> {
+        let shared = Shared {
+            settings: self.settings.clone(),
+            backends: Backends::resolve(&self.backends)
+                .map_err(|e| RunError::Threads(std::io::Error::other(e)))?,
+            stop: stop.flag,
+        };
+        let served: Vec<(&ListenerRt, &TcpListener)> = self
+            .listeners
+            .iter()
+            .filter_map(|l| sockets.get(l.socket).map(|s| (l, *s)))
+            .collect();
+        thread::scope(|scope| {
+            let mut started = 0;
+            let mut last_err = None;
+            for i in 0..self.settings.threads.max(1) {
+                let shared = &shared;
+                let served = &served;
+                let stop_fd = stop.fd;
+                let spawned = thread::Builder::new()
+                    .name(format!("accept-{i}"))
+                    .stack_size(THREAD_STACK)
+                    .spawn_scoped(scope, move || accept_loop(shared, served, stop_fd));
+                match spawned {
+                    Ok(_) => started += 1,
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            match (started, last_err) {
+                (0, Some(e)) => {
+                    // Nothing can serve: make the already-started none and report.
+                    Err(RunError::Threads(e))
+                }
+                (_, Some(e)) => {
+                    log::warn!(
+                        "started {started} of {} threads: {e}",
+                        self.settings.threads
+                    );
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        })
+    }
+}
+
+fn accept_loop(shared: &Shared, served: &[(&ListenerRt, &TcpListener)], stop_fd: BorrowedFd<'_>) {
+    let epoll = match watch(served, stop_fd) {
+        Ok(e) => e,
+        Err(e) => {
+            log::error!("accept thread: epoll setup failed: {e}");
+            return;
+        }
+    };
+    let mut scratch = Vec::new();
+    let mut events = [EpollEvent::empty(); 8];
+    while !shared.stop_requested() {
+        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                log::error!("epoll_wait: {e}");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let token = ev.data();
+            if token == STOP_TOKEN {
+                return;
+            }
+            let Some((listener, socket)) = served.get(token as usize) else {
+                continue;
+            };
+            match accept4(socket.as_fd(), SockFlag::SOCK_CLOEXEC) {
+                Ok(fd) => {
+                    let stream = TcpStream::from(fd);
+                    let outcome = catch_unwind(AssertUnwindSafe(|| {
+                        serve_connection(shared, listener, stream, &mut scratch)
+                    }));
+                    if outcome.is_err() {
+                        log::error!(
+                            "a connection on {} panicked; the thread goes on",
+                            listener.addr
+                        );
+                        scratch = Vec::new();
+                    }
+                }
+                // Another worker or thread took it.
+                Err(Errno::EAGAIN) | Err(Errno::ECONNABORTED) | Err(Errno::EINTR) => {}
+                Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
+                    log::warn!("accept on {}: {e}; pausing", listener.addr);
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => log::warn!("accept on {}: {e}", listener.addr),
+            }
+        }
+    }
+}
+
+/// This thread's epoll set: every listener with EPOLLEXCLUSIVE (one wake-up per connection
+/// across all threads and workers) plus the stop pipe, level-triggered so all threads see it.
+fn watch(served: &[(&ListenerRt, &TcpListener)], stop_fd: BorrowedFd<'_>) -> nix::Result<Epoll> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    for (i, (_, socket)) in served.iter().enumerate() {
+        epoll.add(
+            socket.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, i as u64),
+        )?;
+    }
+    epoll.add(stop_fd, EpollEvent::new(EpollFlags::EPOLLIN, STOP_TOKEN))?;
+    Ok(epoll)
+}
+
+fn serve_connection(shared: &Shared, listener: &ListenerRt, tcp: TcpStream, scratch: &mut Vec<u8>) {
+    let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
+        return;
+    };
+    let t = shared.settings.timeouts;
+    if tcp.set_nodelay(true).is_err()
+        || tcp.set_read_timeout(Some(t.handshake)).is_err()
+        || tcp.set_write_timeout(Some(t.handshake)).is_err()
+    {
+        return;
+    }
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first) {
+        Ok(1) if first[0] == 0x16 => {}
+        Ok(1) if first[0].is_ascii_uppercase() => {
+            log::debug!("{peer}: plain HTTP on the TLS port {}", listener.addr);
+            let _ = (&tcp).write_all_plain(plaintext_on_tls_port());
+            return;
+        }
+        _ => return,
+    }
+    let tls = match listener.acceptor.accept(tcp) {
+        Ok(s) => s,
+        Err(e) => {
+            log::debug!("{peer}: TLS handshake on {} failed: {e}", listener.addr);
+            return;
+        }
+    };
+    let info = ConnInfo::from_ssl(tls.ssl(), peer, local, listener.export_cert);
+    Conn::new(tls, shared, listener, info, scratch).serve();
+}
+
+/// `write_all` on a borrowed TcpStream, named to read clearly at the call site.
+trait WritePlain {
+    fn write_all_plain(self, data: &[u8]) -> std::io::Result<()>;
+}
+
+impl WritePlain for &TcpStream {
+    fn write_all_plain(mut self, data: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self, data)
+    }
+}

@@ -1,0 +1,100 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a worker needs, as read from the configuration by the binary.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Threads per worker; each serves every listener.
+    pub threads: usize,
+    pub listeners: Vec<ListenerSettings>,
+    /// Empty: the built-in responder answers.
+    pub backends: Vec<BackendAddr>,
+    pub timeouts: Timeouts,
+    /// Largest request head, in bytes.
+    pub buffer_size: usize,
+    pub max_body: Option<u64>,
+    /// Largest chunked request body buffered for a uwsgi backend (which needs a length).
+    pub chunked_input_limit: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub handshake: Duration,
+    pub headers: Duration,
+    /// Idle time between requests on one connection; zero turns keep-alive off.
+    pub keepalive: Duration,
+    /// Backend reads and client reads in the middle of a body.
+    pub backend: Duration,
+    pub connect: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(10),
+            headers: Duration::from_secs(10),
+            keepalive: Duration::from_secs(15),
+            backend: Duration::from_secs(60),
+            connect: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One `https` entry: which bound socket it serves and its TLS material.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    /// Index into the listeners the master bound.
+    pub socket: usize,
+    pub tls: TlsSettings,
+    /// Pass the client certificate (PEM and DER) to the backend.
+    pub export_cert: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// OpenSSL cipher list for TLS <= 1.2; None: a modern secure default.
+    pub ciphers: Option<String>,
+    /// TLS 1.3 cipher suites; None: OpenSSL's default.
+    pub ciphersuites: Option<String>,
+    pub client_ca: Option<PathBuf>,
+    pub verify_client: VerifyClient,
+    pub min_version: TlsVersion,
+    pub verify_depth: u32,
+    /// Session-id context; None: derived from the listener address.
+    pub session_context: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyClient {
+    None,
+    /// Requested; a presented certificate must verify.
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls10,
+    Tls11,
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddr {
+    /// uwsgi protocol over a unix socket.
+    UwsgiUnix(PathBuf),
+    /// uwsgi protocol over TCP (`host:port`).
+    UwsgiTcp(String),
+}
+
+impl std::fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendAddr::UwsgiUnix(p) => write!(f, "unix:{}", p.display()),
+            BackendAddr::UwsgiTcp(a) => write!(f, "{a}"),
+        }
+    }
+}
