@@ -79,14 +79,10 @@ fn read_toml(path: &Path) -> Result<RawConfig> {
 /// ignored (an operator who sets `harakiri` relies on it).
 fn reject_unimplemented(raw: &RawConfig) -> Result<()> {
     let mut missing = Vec::new();
-    let checks: [(&str, bool); 7] = [
-        ("harakiri", raw.harakiri.is_some()),
-        ("max-requests", raw.max_requests.is_some()),
+    let checks: [(&str, bool); 3] = [
         ("ticket-key-file", raw.ticket_key_file.is_some()),
         ("proxy-protocol", raw.proxy_protocol == Some(true)),
-        ("stats", raw.stats.is_some()),
         ("access-log", raw.access_log == Some(true)),
-        ("log-file", raw.log_file.is_some()),
     ];
     for (key, set) in checks {
         if set {
@@ -205,8 +201,16 @@ fn convert(raw: RawConfig) -> Result<Config> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let stats = raw
+        .stats
+        .as_deref()
+        .map(|s| parse_addr(s).with_context(|| format!("stats {s:?}")))
+        .transpose()?;
     let threads = match raw.threads {
         Some(0) => bail!("threads must be at least 1"),
+        Some(n) if n > master::MAX_THREADS => {
+            bail!("threads {n} is more than {}", master::MAX_THREADS)
+        }
         Some(n) => n,
         None => 64,
     };
@@ -232,10 +236,13 @@ fn convert(raw: RawConfig) -> Result<Config> {
             pidfile: raw.pidfile,
             master_as_root: raw.master_as_root.unwrap_or(false),
             defer_accept_secs: DEFER_ACCEPT_SECS,
+            stats,
         },
         runtime: master::RuntimeSettings {
             processes,
             reload_mercy: secs(raw.reload_mercy, 60),
+            harakiri: raw.harakiri.filter(|&h| h > 0).map(Duration::from_secs),
+            log_file: raw.log_file,
         },
     };
     let worker = worker::Settings {
@@ -252,6 +259,7 @@ fn convert(raw: RawConfig) -> Result<Config> {
         buffer_size,
         max_body: raw.max_body,
         chunked_input_limit: raw.chunked_input_limit.unwrap_or(1 << 20),
+        max_requests: raw.max_requests.filter(|&m| m > 0),
     };
     Ok(Config {
         plan,
@@ -383,8 +391,8 @@ min-version = "1.3"
         assert!(format!("{err:#}").contains("app.toml"), "{err:#}");
         let err = load_str("https = [\"=3,a.crt,a.key\"]\n").expect_err("no such socket");
         assert!(format!("{err:#}").contains("=3"), "{err:#}");
-        let err =
-            load_str("https = [\"127.0.0.1:1,a,b\"]\nharakiri = 3\n").expect_err("unimplemented");
-        assert!(format!("{err:#}").contains("harakiri"), "{err:#}");
+        let err = load_str("https = [\"127.0.0.1:1,a,b\"]\naccess-log = true\n")
+            .expect_err("unimplemented");
+        assert!(format!("{err:#}").contains("access-log"), "{err:#}");
     }
 }

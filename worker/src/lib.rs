@@ -12,7 +12,7 @@ mod session;
 mod settings;
 mod tls;
 
-pub use server::{BuildError, RunError, Server, StopSignal};
+pub use server::{Activity, BuildError, RunError, Server, WorkerEnv};
 pub use settings::{
     BackendAddr, ListenerSettings, Settings, Timeouts, TlsSettings, TlsVersion, VerifyClient,
 };
