@@ -8,6 +8,7 @@ use crate::config::Sources;
 
 pub enum Command {
     Run(Box<Sources>),
+    Check(Box<Sources>),
     Version,
     Help,
 }
@@ -17,6 +18,7 @@ uwsgi-master: a pre-fork HTTPS terminator in the spirit of uWSGI's HTTPS router
 
 usage:
   uwsgi-master --config app.toml     run in the foreground (TOML configuration)
+  uwsgi-master --check --config app.toml   validate config, certificates, keys, CAs; exit 0/1
   uwsgi-master --version | --help
 
 signals to the master:
@@ -29,6 +31,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command> {
         cwd,
         ..Default::default()
     };
+    let mut check = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -46,11 +49,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command> {
             "--version" | "-V" => return Ok(Command::Version),
             "--help" | "-h" => return Ok(Command::Help),
             "--master" => {}
+            "--check" => check = true,
             other => bail!("unknown option {other:?} (see --help)"),
         }
     }
     if sources.files.is_empty() {
         bail!("no configuration: use --config app.toml (see --help)");
+    }
+    if check {
+        return Ok(Command::Check(Box::new(sources)));
     }
     Ok(Command::Run(Box::new(sources)))
 }

@@ -41,7 +41,7 @@ impl Sources {
     pub fn load(&self) -> Result<Config> {
         let mut merged = RawConfig::default();
         for file in &self.files {
-            merged.merge(read_toml(file)?);
+            merged.merge(read_toml(&self.cwd.join(file))?);
         }
         if let Some(flags) = &self.flags {
             let mut flags = flags.clone();

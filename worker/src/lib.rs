@@ -16,4 +16,4 @@ pub use server::{Activity, BuildError, RunError, Server, WorkerEnv};
 pub use settings::{
     BackendAddr, ListenerSettings, Settings, Timeouts, TlsSettings, TlsVersion, VerifyClient,
 };
-pub use tls::TlsError;
+pub use tls::{certificate_summary, TlsError};

@@ -216,8 +216,10 @@ fn accept_loop(
         };
         for ev in &events[..n] {
             let token = ev.data();
+            // The loop condition sees the stop. A connection this thread was woken for is
+            // still accepted: with EPOLLEXCLUSIVE no other thread was woken for it.
             if token == STOP_TOKEN {
-                return;
+                continue;
             }
             let Some((listener, socket)) = served.get(token as usize) else {
                 continue;
