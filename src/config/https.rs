@@ -4,13 +4,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::tls::{List, SniTable};
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HttpsTable {
     /// An address, or `=N`: the N-th shared socket.
     pub socket: String,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// One certificate per key type (`["ec.crt", "rsa.crt"]`), `key` in the same order.
+    pub cert: List<PathBuf>,
+    pub key: List<PathBuf>,
     pub ciphers: Option<String>,
     pub ciphersuites: Option<String>,
     pub client_ca: Option<PathBuf>,
@@ -18,6 +21,14 @@ pub struct HttpsTable {
     pub verify_client: Option<String>,
     pub min_version: Option<String>,
     pub export_cert: Option<bool>,
+    /// DER OCSP responses to staple, in the order of `cert`.
+    #[serde(default)]
+    pub ocsp_response: List<PathBuf>,
+    pub sni: Option<Vec<SniTable>>,
+    pub sni_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_option: List<String>,
+    pub proxy_protocol: Option<bool>,
 }
 
 impl HttpsTable {
@@ -48,8 +59,8 @@ impl HttpsTable {
         };
         Ok(HttpsTable {
             socket: parts[0].to_string(),
-            cert: parts[1].into(),
-            key: parts[2].into(),
+            cert: PathBuf::from(parts[1]).into(),
+            key: PathBuf::from(parts[2]).into(),
             ciphers,
             client_ca,
             verify_client,
@@ -58,10 +69,17 @@ impl HttpsTable {
     }
 
     pub fn resolve_paths(&mut self, base: &Path) {
-        self.cert = base.join(&self.cert);
-        self.key = base.join(&self.key);
+        self.cert.resolve(base);
+        self.key.resolve(base);
+        self.ocsp_response.resolve(base);
         if let Some(ca) = &mut self.client_ca {
             *ca = base.join(&*ca);
+        }
+        for sni in self.sni.iter_mut().flatten() {
+            sni.resolve_paths(base);
+        }
+        if let Some(dir) = &mut self.sni_dir {
+            *dir = base.join(&*dir);
         }
     }
 }
@@ -74,7 +92,7 @@ mod tests {
     fn compact_forms() {
         let t = HttpsTable::from_compact("=0,foobar.crt,foobar.key").expect("valid");
         assert_eq!(t.socket, "=0");
-        assert_eq!(t.cert, PathBuf::from("foobar.crt"));
+        assert_eq!(t.cert.0, [PathBuf::from("foobar.crt")]);
         assert_eq!(t.ciphers, None);
         let t = HttpsTable::from_compact("=1,a.crt,a.key,HIGH,!ca.crt").expect("valid");
         assert_eq!(t.ciphers.as_deref(), Some("HIGH"));

@@ -1,8 +1,10 @@
 //! Configuration: reading every source (TOML files, command-line flags), merging them in
 //! order, and converting the result into the master's and the worker's settings.
 
+mod de;
 mod https;
 mod raw;
+mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -62,6 +64,7 @@ impl Sources {
 fn read_toml(path: &Path) -> Result<RawConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
+    worker::warn_if_world_writable(path);
     let mut raw: RawConfig = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -79,11 +82,7 @@ fn read_toml(path: &Path) -> Result<RawConfig> {
 /// ignored (an operator who sets `harakiri` relies on it).
 fn reject_unimplemented(raw: &RawConfig) -> Result<()> {
     let mut missing = Vec::new();
-    let checks: [(&str, bool); 3] = [
-        ("ticket-key-file", raw.ticket_key_file.is_some()),
-        ("proxy-protocol", raw.proxy_protocol == Some(true)),
-        ("access-log", raw.access_log == Some(true)),
-    ];
+    let checks: [(&str, bool); 1] = [("access-log", raw.access_log == Some(true))];
     for (key, set) in checks {
         if set {
             missing.push(key);
@@ -168,12 +167,25 @@ fn convert(raw: RawConfig) -> Result<Config> {
                 i + 1
             ),
         };
+        let what = format!("https entry {}", i + 1);
+        let mut certs = tls::cert_keys(&t.cert, &t.key, &t.ocsp_response, &what)?.into_iter();
+        let first = certs.next().context("no certificate")?;
+        let sni = tls::sni(t.sni.as_deref().unwrap_or_default(), &what)?;
+        let options = tls::ssl_options(raw.ssl_option.as_ref(), &t.ssl_option)
+            .with_context(|| what.clone())?;
         listeners.push(ListenerSettings {
             socket,
             export_cert: t.export_cert.unwrap_or(export_all),
+            proxy_protocol: t.proxy_protocol.or(raw.proxy_protocol).unwrap_or(false),
             tls: TlsSettings {
-                cert: t.cert,
-                key: t.key,
+                cert: first.cert,
+                key: first.key,
+                ocsp_response: first.ocsp_response,
+                extra_certs: certs.collect(),
+                options,
+                sni,
+                sni_dir: t.sni_dir.or_else(|| raw.sni_dir.clone()),
+                ticket_key_file: raw.ticket_key_file.clone(),
                 ciphers: t.ciphers,
                 ciphersuites: t.ciphersuites,
                 client_ca: t.client_ca,

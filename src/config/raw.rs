@@ -7,9 +7,10 @@ use serde::Deserialize;
 
 use super::https::HttpsTable;
 
-/// A value that may be written as one item or a list.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// A value that may be written as one item or a list. Deserialized by hand (config/de.rs),
+/// not `untagged`, so that an error inside an item (an unknown key in an `[[https]]` table)
+/// reaches the operator instead of "did not match any variant".
+#[derive(Debug, Clone)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
@@ -41,9 +42,10 @@ impl NameOrId {
     }
 }
 
-/// An `https` entry: the compact uWSGI string or a table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// An `https` entry: the compact uWSGI string or a table (deserialized in config/de.rs).
+// Parsed once per reload: the size of the table variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
 pub enum HttpsValue {
     Compact(String),
     Table(HttpsTable),
@@ -94,6 +96,10 @@ raw_config! {
     https_session_context: String,
     https_export_cert: bool,
     ticket_key_file: PathBuf,
+    /// `ssl-option` names, for every https entry (each may add its own).
+    ssl_option: OneOrMany<String>,
+    /// uWSGI's `sni-dir`, for every https entry that sets none.
+    sni_dir: PathBuf,
     master_as_root: bool,
     proxy_protocol: bool,
     stats: String,
@@ -110,6 +116,7 @@ impl RawConfig {
         for p in [
             &mut self.pidfile,
             &mut self.ticket_key_file,
+            &mut self.sni_dir,
             &mut self.log_file,
         ]
         .into_iter()

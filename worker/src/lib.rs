@@ -4,16 +4,24 @@
 pub mod backend;
 mod cgi;
 mod conn;
+mod files;
 pub mod http;
 mod proxy;
+mod proxy_protocol;
 mod responder;
 mod server;
 mod session;
 mod settings;
+mod sni;
+mod tickets;
 mod tls;
+mod tls_option;
 
+pub use files::warn_if_world_writable;
 pub use server::{Activity, BuildError, RunError, Server, WorkerEnv};
 pub use settings::{
-    BackendAddr, ListenerSettings, Settings, Timeouts, TlsSettings, TlsVersion, VerifyClient,
+    BackendAddr, CertKey, ListenerSettings, Settings, SniSettings, Timeouts, TlsSettings,
+    TlsVersion, VerifyClient,
 };
 pub use tls::{certificate_summary, TlsError};
+pub use tls_option::TlsOption;

@@ -53,6 +53,7 @@ pub struct ListenerRt {
     pub addr: SocketAddr,
     pub acceptor: SslAcceptor,
     pub export_cert: bool,
+    pub proxy_protocol: bool,
 }
 
 /// What the worker reports to whoever supervises it (the master's scoreboard).
@@ -124,6 +125,7 @@ impl Server {
                 addr,
                 acceptor: build_acceptor(&l.tls, addr)?,
                 export_cert: l.export_cert,
+                proxy_protocol: l.proxy_protocol,
             });
         }
         // Resolve now so that a name that does not resolve fails the start or the reload.
@@ -273,7 +275,7 @@ fn serve_connection(
     scratch: &mut Vec<u8>,
     thread_index: usize,
 ) {
-    let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
+    let (Ok(mut peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
         return;
     };
     let t = shared.settings.timeouts;
@@ -282,6 +284,15 @@ fn serve_connection(
         || tcp.set_write_timeout(Some(t.handshake)).is_err()
     {
         return;
+    }
+    if listener.proxy_protocol {
+        match crate::proxy_protocol::read_header(&tcp, t.handshake) {
+            Ok(header) => peer = header.addrs.map_or(peer, |(source, _)| source),
+            Err(e) => {
+                log::debug!("{peer}: refused on {}: {e}", listener.addr);
+                return;
+            }
+        }
     }
     let mut first = [0u8; 1];
     match tcp.peek(&mut first) {

@@ -50,6 +50,9 @@ pub struct ListenerSettings {
     pub tls: TlsSettings,
     /// Pass the client certificate (PEM and DER) to the backend.
     pub export_cert: bool,
+    /// Expect a PROXY protocol (v1 or v2) header before the handshake; refuse connections
+    /// without one.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +69,39 @@ pub struct TlsSettings {
     pub verify_depth: u32,
     /// Session-id context; None: derived from the listener address.
     pub session_context: Option<String>,
+    /// DER OCSP response stapled with `cert`.
+    pub ocsp_response: Option<PathBuf>,
+    /// More certificates for the same names, one per other key type (ECDSA beside RSA):
+    /// OpenSSL presents the one the client supports.
+    pub extra_certs: Vec<CertKey>,
+    /// `ssl-option` switches.
+    pub options: Vec<crate::TlsOption>,
+    /// Certificates chosen by the client's server name (SNI).
+    pub sni: Vec<SniSettings>,
+    /// uWSGI's `sni-dir`: `<name>.crt` + `<name>.key` [+ `<name>.ca`, `<name>.ocsp`].
+    pub sni_dir: Option<PathBuf>,
+    /// `ticket-key-file`; None: random keys made with each context.
+    pub ticket_key_file: Option<PathBuf>,
+}
+
+/// A certificate (PEM, leaf first then chain), its key, and an optional DER OCSP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertKey {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ocsp_response: Option<PathBuf>,
+}
+
+/// One `sni` entry: names and what they get. Everything not set here is the listener's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniSettings {
+    /// Host names; `*.example.com` matches one label.
+    pub names: Vec<String>,
+    /// One per key type; never empty.
+    pub certs: Vec<CertKey>,
+    pub ciphers: Option<String>,
+    pub client_ca: Option<PathBuf>,
+    pub verify_client: Option<VerifyClient>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
