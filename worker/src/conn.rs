@@ -3,20 +3,26 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use openssl::ssl::SslStream;
 
 use crate::backend::pool::Pool;
 use crate::http::chunked::{Decoder, Step};
 use crate::http::errors::Status;
 use crate::http::request::{self, BodyFraming, RequestHead};
+use crate::park::Parked;
 use crate::server::{ListenerRt, Shared};
 use crate::session::ConnInfo;
 use crate::{proxy, responder};
 
 /// How much we read from a socket at once.
 pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Longest a thread keeps one connection (waiting for its next request) before parking it.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Why a request ends early.
 #[derive(Debug)]
@@ -53,24 +59,38 @@ pub struct ThreadState {
     pub pool: Pool,
 }
 
-pub struct Conn<'a> {
+pub struct Conn<'a, 's> {
     pub tls: SslStream<TcpStream>,
-    pub shared: &'a Shared<'a>,
-    pub listener: &'a ListenerRt,
+    pub shared: &'s Shared<'s>,
+    pub listener: &'s ListenerRt,
     pub info: ConnInfo,
     /// Bytes from the client not yet consumed (the next head, pipelined requests).
     pub buf: Vec<u8>,
     pub local: &'a mut ThreadState,
     read_timeout: Option<Duration>,
+    /// A request was read on this connection already (then keep-alive timing applies).
+    served_any: bool,
 }
 
-impl<'a> Conn<'a> {
+impl<'a, 's> Conn<'a, 's> {
     pub fn new(
         tls: SslStream<TcpStream>,
-        shared: &'a Shared<'a>,
-        listener: &'a ListenerRt,
+        shared: &'s Shared<'s>,
+        listener: &'s ListenerRt,
         info: ConnInfo,
         local: &'a mut ThreadState,
+    ) -> Self {
+        Self::resume(tls, shared, listener, info, local, false)
+    }
+
+    /// A connection that served `served_any` requests before it was parked.
+    pub fn resume(
+        tls: SslStream<TcpStream>,
+        shared: &'s Shared<'s>,
+        listener: &'s ListenerRt,
+        info: ConnInfo,
+        local: &'a mut ThreadState,
+        served_any: bool,
     ) -> Self {
         Self {
             tls,
@@ -80,17 +100,25 @@ impl<'a> Conn<'a> {
             buf: Vec::with_capacity(READ_CHUNK),
             local,
             read_timeout: None,
+            served_any,
         }
     }
 
-    /// Serve requests until the connection ends.
-    pub fn serve(&mut self) {
+    /// Serve requests until the connection ends (None) or waits for a request with nothing
+    /// arrived (Some: park it). `due`: the parker saw the next request arrive, read it now.
+    pub fn serve(mut self, mut due: bool) -> Option<Parked> {
         let _ = self
             .tls
             .get_ref()
             .set_write_timeout(Some(self.shared.settings.timeouts.backend));
-        let mut first = true;
+        let held_since = Instant::now();
         loop {
+            if !due && self.is_idle() && !self.linger(held_since) {
+                return Some(self.into_parked());
+            }
+            due = false;
+            let first = !self.served_any;
+            self.served_any = true;
             let outcome = match self.read_head(first) {
                 Ok(Some(len)) => self.handle_head(len),
                 Ok(None) => Err(End::Client),
@@ -101,7 +129,6 @@ impl<'a> Conn<'a> {
                     Err(end)
                 }
             };
-            first = false;
             match outcome {
                 Ok(true) => continue,
                 Ok(false) | Err(End::Client) => break,
@@ -113,6 +140,50 @@ impl<'a> Conn<'a> {
         }
         // close_notify, best effort: the peer may be gone already.
         let _ = self.tls.shutdown();
+        None
+    }
+
+    /// Nothing of a next request has arrived: neither raw bytes we hold nor decrypted bytes
+    /// OpenSSL holds (read-ahead is off, so it holds no undecrypted ones).
+    fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.tls.ssl().pending() == 0
+    }
+
+    /// Wait briefly on this idle connection before parking it: a client that sends its next
+    /// request at once is served without the round trip through the parker. Lingering is
+    /// bounded per hold, and only happens while other threads are free for new and parked
+    /// connections.
+    fn linger(&self, held_since: Instant) -> bool {
+        let t = self.shared.settings.timeouts;
+        let idle = if self.served_any {
+            t.keepalive
+        } else {
+            t.headers
+        };
+        let budget = LINGER.min(idle).saturating_sub(held_since.elapsed());
+        if budget.is_zero() || !self.shared.parking.may_linger() {
+            return false;
+        }
+        let timeout = PollTimeout::try_from(budget).unwrap_or(PollTimeout::ZERO);
+        let mut fds = [PollFd::new(self.tls.get_ref().as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
+    }
+
+    fn into_parked(self) -> Parked {
+        let t = self.shared.settings.timeouts;
+        // The first request gets the head timeout, later ones the keep-alive time.
+        let idle = if self.served_any {
+            t.keepalive
+        } else {
+            t.headers
+        };
+        Parked {
+            idle_until: Instant::now() + idle,
+            tls: self.tls,
+            info: self.info,
+            listener: self.listener.index,
+            served_any: self.served_any,
+        }
     }
 
     /// Parse and answer one request whose head is `self.buf[..len]`. Ok(true): keep going.

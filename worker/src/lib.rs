@@ -1,10 +1,12 @@
 //! The worker side of uwsgi-master: TLS contexts, accept threads, HTTP/1.1 and the uwsgi
 //! backend. It knows nothing of fork or signals beyond a stop flag.
 
+mod accept;
 pub mod backend;
 mod cgi;
 mod conn;
 pub mod http;
+mod park;
 mod proxy;
 mod responder;
 mod server;

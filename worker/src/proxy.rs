@@ -16,7 +16,11 @@ use crate::http::response::{self, BackendBody, ClientBody, ResponseHead};
 const MAX_BACKEND_HEAD: usize = 64 * 1024;
 
 /// Forward `head` (its body still to be read from the client).
-pub fn forward(conn: &mut Conn<'_>, head: &RequestHead, keep_alive: bool) -> Result<Answered, End> {
+pub fn forward(
+    conn: &mut Conn<'_, '_>,
+    head: &RequestHead,
+    keep_alive: bool,
+) -> Result<Answered, End> {
     let shared = conn.shared;
     let timeouts = shared.settings.timeouts;
     let backend = shared
@@ -39,7 +43,7 @@ pub fn forward(conn: &mut Conn<'_>, head: &RequestHead, keep_alive: bool) -> Res
 
 /// uwsgi: one request per connection, vars first, and a body of known length.
 fn forward_uwsgi(
-    conn: &mut Conn<'_>,
+    conn: &mut Conn<'_, '_>,
     head: &RequestHead,
     keep_alive: bool,
     mut backend: Connected<'_>,
@@ -101,7 +105,7 @@ fn forward_uwsgi(
 /// HTTP/1.1: the body streams in its own framing, and the connection goes back to this
 /// thread's pool when the backend allows it.
 fn forward_http(
-    conn: &mut Conn<'_>,
+    conn: &mut Conn<'_, '_>,
     head: &RequestHead,
     keep_alive: bool,
     backend: Connected<'_>,
@@ -198,7 +202,7 @@ fn forward_http(
 /// Read the backend's response head (skipping interim 1xx answers). Returns the head, its
 /// length, and the buffer holding it and any body bytes read with it.
 fn read_response(
-    conn: &mut Conn<'_>,
+    conn: &mut Conn<'_, '_>,
     head: &RequestHead,
     backend: &mut BackendStream,
     addr: &str,
@@ -254,7 +258,7 @@ fn read_response(
 /// Write our head and stream the body. Returns the answer and whether the backend
 /// connection ended cleanly at the end of the body (reusable for HTTP backends).
 fn relay(
-    conn: &mut Conn<'_>,
+    conn: &mut Conn<'_, '_>,
     head: &RequestHead,
     resp: &ResponseHead,
     head_len: usize,
@@ -287,7 +291,7 @@ fn relay(
 /// bytes already read from the backend. Returns the bytes sent and whether the backend's
 /// body ended exactly where its framing said (nothing left over).
 fn stream_body(
-    conn: &mut Conn<'_>,
+    conn: &mut Conn<'_, '_>,
     resp: &ResponseHead,
     body: ClientBody,
     backend: &mut BackendStream,

@@ -1,30 +1,22 @@
 //! The worker body: TLS contexts built in the master, and the accept threads that run in each
 //! forked worker.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::socket::{accept4, SockFlag};
-use openssl::ssl::{ErrorCode, HandshakeError, SslAcceptor, SslStream};
+use openssl::ssl::SslAcceptor;
 
+use crate::accept;
 use crate::backend::Backends;
-use crate::conn::{Conn, ThreadState};
-use crate::http::errors::plaintext_on_tls_port;
-use crate::session::ConnInfo;
+use crate::park::Parking;
 use crate::settings::Settings;
 use crate::tls::{build_acceptor, TlsError};
 
-/// Stack for accept threads: OpenSSL and our buffers need far less than std's 2 MiB.
+/// Stack for serving threads: OpenSSL and our buffers need far less than std's 2 MiB.
 const THREAD_STACK: usize = 256 * 1024;
-/// The epoll token of the stop pipe.
-const STOP_TOKEN: u64 = u64::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -50,6 +42,8 @@ pub enum RunError {
 
 /// One TLS listener as workers use it.
 pub struct ListenerRt {
+    /// Its position in the worker's listener list.
+    pub index: usize,
     pub socket: usize,
     pub addr: SocketAddr,
     pub acceptor: SslAcceptor,
@@ -72,6 +66,7 @@ pub struct Shared<'a> {
     pub settings: Settings,
     pub backends: Backends,
     pub activity: &'a dyn Activity,
+    pub parking: Parking,
     stop: &'static AtomicBool,
     /// Requests answered by this worker, for `max-requests`.
     served: AtomicU64,
@@ -121,6 +116,7 @@ impl Server {
                 bound: bound.len(),
             })?;
             listeners.push(ListenerRt {
+                index,
                 socket: l.socket,
                 addr,
                 acceptor: build_acceptor(&l.tls, addr)?,
@@ -144,6 +140,7 @@ impl Server {
             backends: Backends::resolve(&self.backends)
                 .map_err(|e| RunError::Threads(std::io::Error::other(e)))?,
             activity: env.activity,
+            parking: Parking::new().map_err(RunError::Epoll)?,
             stop: env.stop_flag,
             served: AtomicU64::new(0),
             // Jitter (up to 10 %) so workers started together do not recycle together.
@@ -155,19 +152,35 @@ impl Server {
         let served: Vec<(&ListenerRt, &TcpListener)> = self
             .listeners
             .iter()
-            .filter_map(|l| sockets.get(l.socket).map(|s| (l, *s)))
-            .collect();
+            .map(|l| sockets.get(l.socket).map(|s| (l, *s)))
+            .collect::<Option<_>>()
+            .ok_or(RunError::Threads(std::io::Error::other(
+                "fewer sockets than listeners",
+            )))?;
         thread::scope(|scope| {
+            let shared = &shared;
+            let parker = thread::Builder::new()
+                .name("parker".into())
+                .stack_size(THREAD_STACK)
+                .spawn_scoped(scope, move || {
+                    shared
+                        .parking
+                        .run_parker(env.stop_fd, &|| shared.stop_requested())
+                });
+            if let Err(e) = parker {
+                return Err(RunError::Threads(e));
+            }
             let mut started = 0;
             let mut last_err = None;
             for i in 0..self.settings.threads.max(1) {
-                let shared = &shared;
                 let served = &served;
                 let stop_fd = env.stop_fd;
                 let spawned = thread::Builder::new()
-                    .name(format!("accept-{i}"))
+                    .name(format!("serve-{i}"))
                     .stack_size(THREAD_STACK)
-                    .spawn_scoped(scope, move || accept_loop(shared, served, stop_fd, i));
+                    .spawn_scoped(scope, move || {
+                        accept::serve_thread(shared, served, stop_fd, i)
+                    });
                 match spawned {
                     Ok(_) => started += 1,
                     Err(e) => last_err = Some(e),
@@ -175,7 +188,8 @@ impl Server {
             }
             match (started, last_err) {
                 (0, Some(e)) => {
-                    // Nothing can serve: make the already-started none and report.
+                    // Nothing can serve: let the parker go and report.
+                    shared.parking.abandon();
                     Err(RunError::Threads(e))
                 }
                 (_, Some(e)) => {
@@ -188,178 +202,5 @@ impl Server {
                 _ => Ok(()),
             }
         })
-    }
-}
-
-fn accept_loop(
-    shared: &Shared,
-    served: &[(&ListenerRt, &TcpListener)],
-    stop_fd: BorrowedFd<'_>,
-    thread_index: usize,
-) {
-    let epoll = match watch(served, stop_fd) {
-        Ok(e) => e,
-        Err(e) => {
-            log::error!("accept thread: epoll setup failed: {e}");
-            return;
-        }
-    };
-    let mut local = ThreadState {
-        index: thread_index,
-        ..Default::default()
-    };
-    let mut events = [EpollEvent::empty(); 8];
-    while !shared.stop_requested() {
-        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                log::error!("epoll_wait: {e}");
-                return;
-            }
-        };
-        for ev in &events[..n] {
-            let token = ev.data();
-            // The loop condition sees the stop. A connection this thread was woken for is
-            // still accepted: with EPOLLEXCLUSIVE no other thread was woken for it.
-            if token == STOP_TOKEN {
-                continue;
-            }
-            let Some((listener, socket)) = served.get(token as usize) else {
-                continue;
-            };
-            match accept4(socket.as_fd(), SockFlag::SOCK_CLOEXEC) {
-                Ok(fd) => {
-                    let stream = TcpStream::from(fd);
-                    shared.activity.connection_opened();
-                    let outcome = catch_unwind(AssertUnwindSafe(|| {
-                        serve_connection(shared, listener, stream, &mut local)
-                    }));
-                    shared.activity.connection_closed();
-                    if outcome.is_err() {
-                        log::error!(
-                            "a connection on {} panicked; the thread goes on",
-                            listener.addr
-                        );
-                        local = ThreadState {
-                            index: thread_index,
-                            ..Default::default()
-                        };
-                    }
-                }
-                // Another worker or thread took it.
-                Err(Errno::EAGAIN) | Err(Errno::ECONNABORTED) | Err(Errno::EINTR) => {}
-                Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
-                    log::warn!("accept on {}: {e}; pausing", listener.addr);
-                    thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => log::warn!("accept on {}: {e}", listener.addr),
-            }
-        }
-    }
-}
-
-/// This thread's epoll set: every listener with EPOLLEXCLUSIVE (one wake-up per connection
-/// across all threads and workers) plus the stop pipe, level-triggered so all threads see it.
-fn watch(served: &[(&ListenerRt, &TcpListener)], stop_fd: BorrowedFd<'_>) -> nix::Result<Epoll> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    for (i, (_, socket)) in served.iter().enumerate() {
-        epoll.add(
-            socket.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, i as u64),
-        )?;
-    }
-    epoll.add(stop_fd, EpollEvent::new(EpollFlags::EPOLLIN, STOP_TOKEN))?;
-    Ok(epoll)
-}
-
-fn serve_connection(
-    shared: &Shared,
-    listener: &ListenerRt,
-    tcp: TcpStream,
-    local: &mut ThreadState,
-) {
-    let (Ok(peer), Ok(local_addr)) = (tcp.peer_addr(), tcp.local_addr()) else {
-        return;
-    };
-    let t = shared.settings.timeouts;
-    let deadline = Instant::now() + t.handshake;
-    if tcp.set_nodelay(true).is_err() || tcp.set_read_timeout(Some(t.handshake)).is_err() {
-        return;
-    }
-    let mut first = [0u8; 1];
-    match tcp.peek(&mut first) {
-        Ok(1) if first[0] == 0x16 => {}
-        Ok(1) if first[0].is_ascii_uppercase() => {
-            log::debug!("{peer}: plain HTTP on the TLS port {}", listener.addr);
-            let _ = tcp.set_write_timeout(Some(t.handshake));
-            let _ = (&tcp).write_all_plain(plaintext_on_tls_port());
-            return;
-        }
-        _ => return,
-    }
-    let tls = match handshake(&listener.acceptor, tcp, deadline) {
-        Ok(s) => s,
-        Err(e) => {
-            log::debug!("{peer}: TLS handshake on {} failed: {e}", listener.addr);
-            return;
-        }
-    };
-    let info = ConnInfo::from_ssl(tls.ssl(), peer, local_addr, listener.export_cert);
-    Conn::new(tls, shared, listener, info, local).serve();
-}
-
-/// The TLS handshake, done within `deadline` in total: non-blocking steps with poll(2), so a
-/// client that trickles its handshake bytes cannot hold a thread longer than
-/// `handshake-timeout`. The stream is blocking again afterwards.
-fn handshake(
-    acceptor: &SslAcceptor,
-    tcp: TcpStream,
-    deadline: Instant,
-) -> Result<SslStream<TcpStream>, String> {
-    tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let mut attempt = acceptor.accept(tcp);
-    loop {
-        match attempt {
-            Ok(stream) => {
-                stream
-                    .get_ref()
-                    .set_nonblocking(false)
-                    .map_err(|e| e.to_string())?;
-                return Ok(stream);
-            }
-            Err(HandshakeError::WouldBlock(mid)) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err("handshake-timeout reached".into());
-                }
-                let events = if mid.error().code() == ErrorCode::WANT_WRITE {
-                    PollFlags::POLLOUT
-                } else {
-                    PollFlags::POLLIN
-                };
-                let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-                let mut fds = [PollFd::new(mid.get_ref().as_fd(), events)];
-                match poll(&mut fds, timeout) {
-                    Ok(0) => return Err("handshake-timeout reached".into()),
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-                attempt = mid.handshake();
-            }
-            Err(HandshakeError::Failure(mid)) => return Err(mid.error().to_string()),
-            Err(HandshakeError::SetupFailure(e)) => return Err(e.to_string()),
-        }
-    }
-}
-
-/// `write_all` on a borrowed TcpStream, named to read clearly at the call site.
-trait WritePlain {
-    fn write_all_plain(self, data: &[u8]) -> std::io::Result<()>;
-}
-
-impl WritePlain for &TcpStream {
-    fn write_all_plain(mut self, data: &[u8]) -> std::io::Result<()> {
-        std::io::Write::write_all(&mut self, data)
     }
 }
