@@ -6,6 +6,7 @@ mod cgi;
 mod conn;
 pub mod http;
 mod proxy;
+mod redirect;
 mod responder;
 mod server;
 mod session;
@@ -14,6 +15,7 @@ mod tls;
 
 pub use server::{BuildError, RunError, Server, StopSignal};
 pub use settings::{
-    BackendAddr, ListenerSettings, Settings, Timeouts, TlsSettings, TlsVersion, VerifyClient,
+    BackendAddr, ListenerSettings, RedirectSettings, Settings, Timeouts, TlsSettings, TlsVersion,
+    VerifyClient,
 };
 pub use tls::TlsError;

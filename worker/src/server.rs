@@ -16,6 +16,7 @@ use openssl::ssl::SslAcceptor;
 use crate::backend::Backends;
 use crate::conn::Conn;
 use crate::http::errors::plaintext_on_tls_port;
+use crate::redirect;
 use crate::session::ConnInfo;
 use crate::settings::Settings;
 use crate::tls::{build_acceptor, TlsError};
@@ -55,6 +56,35 @@ pub struct ListenerRt {
     pub export_cert: bool,
 }
 
+/// One `http-to-https` listener as workers use it.
+pub struct RedirectRt {
+    pub addr: SocketAddr,
+    pub https_port: u16,
+}
+
+/// What a listening socket serves.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    Tls(&'a ListenerRt),
+    Redirect(&'a RedirectRt),
+}
+
+/// One listening socket a thread waits on, and what it serves.
+#[derive(Clone, Copy)]
+struct Served<'a> {
+    kind: Kind<'a>,
+    socket: &'a TcpListener,
+}
+
+impl Served<'_> {
+    fn addr(&self) -> SocketAddr {
+        match self.kind {
+            Kind::Tls(l) => l.addr,
+            Kind::Redirect(r) => r.addr,
+        }
+    }
+}
+
 /// What every thread of a worker shares (read-only on the request path).
 pub struct Shared {
     pub settings: Settings,
@@ -73,6 +103,7 @@ pub struct Server {
     settings: Settings,
     backends: Vec<crate::settings::BackendAddr>,
     listeners: Vec<ListenerRt>,
+    redirects: Vec<(usize, RedirectRt)>,
 }
 
 /// How a worker is told to stop accepting: a flag and a pipe that becomes readable.
@@ -99,12 +130,26 @@ impl Server {
                 export_cert: l.export_cert,
             });
         }
+        let mut redirects = Vec::with_capacity(settings.redirects.len());
+        for r in &settings.redirects {
+            let addr = *bound.get(r.socket).ok_or(BuildError::NoSocket {
+                index: settings.listeners.len() + redirects.len(),
+                socket: r.socket,
+                bound: bound.len(),
+            })?;
+            let rt = RedirectRt {
+                addr,
+                https_port: r.https_port,
+            };
+            redirects.push((r.socket, rt));
+        }
         // Resolve now so that a name that does not resolve fails the start or the reload.
         Backends::resolve(&settings.backends).map_err(BuildError::Backend)?;
         Ok(Server {
             backends: settings.backends.clone(),
             settings,
             listeners,
+            redirects,
         })
     }
 
@@ -117,10 +162,11 @@ impl Server {
                 .map_err(|e| RunError::Threads(std::io::Error::other(e)))?,
             stop: stop.flag,
         };
-        let served: Vec<(&ListenerRt, &TcpListener)> = self
-            .listeners
-            .iter()
-            .filter_map(|l| sockets.get(l.socket).map(|s| (l, *s)))
+        let tls = self.listeners.iter().map(|l| (l.socket, Kind::Tls(l)));
+        let redirects = self.redirects.iter().map(|(i, r)| (*i, Kind::Redirect(r)));
+        let served: Vec<Served<'_>> = tls
+            .chain(redirects)
+            .filter_map(|(i, kind)| sockets.get(i).map(|&socket| Served { kind, socket }))
             .collect();
         thread::scope(|scope| {
             let mut started = 0;
@@ -156,7 +202,7 @@ impl Server {
     }
 }
 
-fn accept_loop(shared: &Shared, served: &[(&ListenerRt, &TcpListener)], stop_fd: BorrowedFd<'_>) {
+fn accept_loop(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<'_>) {
     let epoll = match watch(served, stop_fd) {
         Ok(e) => e,
         Err(e) => {
@@ -180,30 +226,33 @@ fn accept_loop(shared: &Shared, served: &[(&ListenerRt, &TcpListener)], stop_fd:
             if token == STOP_TOKEN {
                 return;
             }
-            let Some((listener, socket)) = served.get(token as usize) else {
+            let Some(served) = served.get(token as usize) else {
                 continue;
             };
-            match accept4(socket.as_fd(), SockFlag::SOCK_CLOEXEC) {
+            let addr = served.addr();
+            match accept4(served.socket.as_fd(), SockFlag::SOCK_CLOEXEC) {
                 Ok(fd) => {
                     let stream = TcpStream::from(fd);
-                    let outcome = catch_unwind(AssertUnwindSafe(|| {
-                        serve_connection(shared, listener, stream, &mut scratch)
+                    let outcome = catch_unwind(AssertUnwindSafe(|| match served.kind {
+                        Kind::Tls(listener) => {
+                            serve_connection(shared, listener, stream, &mut scratch)
+                        }
+                        Kind::Redirect(r) => {
+                            redirect::serve(stream, r.https_port, &shared.settings)
+                        }
                     }));
                     if outcome.is_err() {
-                        log::error!(
-                            "a connection on {} panicked; the thread goes on",
-                            listener.addr
-                        );
+                        log::error!("a connection on {addr} panicked; the thread goes on");
                         scratch = Vec::new();
                     }
                 }
                 // Another worker or thread took it.
                 Err(Errno::EAGAIN) | Err(Errno::ECONNABORTED) | Err(Errno::EINTR) => {}
                 Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
-                    log::warn!("accept on {}: {e}; pausing", listener.addr);
+                    log::warn!("accept on {addr}: {e}; pausing");
                     thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => log::warn!("accept on {}: {e}", listener.addr),
+                Err(e) => log::warn!("accept on {addr}: {e}"),
             }
         }
     }
@@ -211,9 +260,9 @@ fn accept_loop(shared: &Shared, served: &[(&ListenerRt, &TcpListener)], stop_fd:
 
 /// This thread's epoll set: every listener with EPOLLEXCLUSIVE (one wake-up per connection
 /// across all threads and workers) plus the stop pipe, level-triggered so all threads see it.
-fn watch(served: &[(&ListenerRt, &TcpListener)], stop_fd: BorrowedFd<'_>) -> nix::Result<Epoll> {
+fn watch(served: &[Served<'_>], stop_fd: BorrowedFd<'_>) -> nix::Result<Epoll> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    for (i, (_, socket)) in served.iter().enumerate() {
+    for (i, Served { socket, .. }) in served.iter().enumerate() {
         epoll.add(
             socket.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, i as u64),
