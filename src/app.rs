@@ -1,6 +1,7 @@
 //! Wiring: the master's `Application` made of our config loader and the worker's server.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use master::{Application, BoxError, Listener, Plan, WorkerBody, WorkerContext};
@@ -50,17 +51,59 @@ struct Body(worker::Server);
 
 impl WorkerBody for Body {
     fn run(&self, ctx: WorkerContext<'_>) -> i32 {
+        if std::env::var_os(CRASH_HOOK).is_some() {
+            // Test hook: a worker that dies at once on every start (respawn backoff tests).
+            log::error!("{CRASH_HOOK} is set: worker {} aborts", ctx.id + 1);
+            std::process::abort();
+        }
         let sockets: Vec<&TcpListener> = ctx.listeners.iter().map(|l| &l.socket).collect();
-        let stop = worker::StopSignal {
-            flag: ctx.stop.flag(),
-            fd: ctx.stop.fd(),
+        let activity = Activity {
+            slot: ctx.slot,
+            stop: &ctx.stop,
         };
-        match self.0.run(&sockets, stop) {
+        let env = worker::WorkerEnv {
+            stop_flag: ctx.stop.flag(),
+            stop_fd: ctx.stop.fd(),
+            activity: &activity,
+        };
+        match self.0.run(&sockets, env) {
             Ok(()) => 0,
             Err(e) => {
                 log::error!("worker {} cannot serve: {e}", ctx.id + 1);
                 master::EXIT_BOOT_ERROR
             }
         }
+    }
+}
+
+/// Environment variable that makes every worker abort at start (for tests of respawn backoff).
+const CRASH_HOOK: &str = "UWSGI_MASTER_TEST_CRASH_WORKERS";
+
+/// The worker's activity, written into its scoreboard slot.
+struct Activity<'a> {
+    slot: &'static master::Slot,
+    stop: &'a master::Stop,
+}
+
+impl worker::Activity for Activity<'_> {
+    fn connection_opened(&self) {
+        self.slot.active_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn connection_closed(&self) {
+        self.slot.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn request_started(&self, thread: usize) {
+        self.slot.request_started(thread);
+    }
+
+    fn request_finished(&self, thread: usize, bytes_sent: u64) {
+        self.slot.request_finished(thread, bytes_sent);
+    }
+
+    fn recycle(&self) {
+        self.slot.mark_recycling();
+        self.stop.trigger();
     }
 }

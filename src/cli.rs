@@ -10,6 +10,7 @@ use crate::config::{self, Setting, SourceFile, Sources};
 
 pub enum Command {
     Run(Box<Sources>),
+    Check(Box<Sources>),
     Version,
     Help,
 }
@@ -21,6 +22,7 @@ usage:
   uwsgi-master --config app.toml           run in the foreground (TOML configuration)
   uwsgi-master --ini uwsgi.ini[:section]   the [uwsgi] (or named) section of a uWSGI ini
   uwsgi-master --master --https 0.0.0.0:8443,foobar.crt,foobar.key   uWSGI-style flags
+  uwsgi-master --check --config app.toml   validate config, certificates, keys, CAs; exit 0/1
   uwsgi-master --version | --help
 
 --config and --ini may be repeated and mixed: later files win. Every configuration key is
@@ -42,6 +44,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command> {
         cwd,
         ..Default::default()
     };
+    let mut check = false;
     let mut args = args.into_iter().peekable();
     while let Some(arg) = args.next() {
         let (name, inline) = match split_option(&arg) {
@@ -71,6 +74,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command> {
             "ini" => sources.files.push(SourceFile::ini(&value("a file")?)),
             "version" => return Ok(Command::Version),
             "help" => return Ok(Command::Help),
+            "check" => check = true,
             key => {
                 // A switch never takes the next argument; an option we do not know takes
                 // it when it does not look like an option itself.
@@ -87,6 +91,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command> {
     }
     if sources.files.is_empty() && sources.flags.is_empty() {
         bail!("no configuration: use --config app.toml, --ini uwsgi.ini or flags (see --help)");
+    }
+    if check {
+        return Ok(Command::Check(Box::new(sources)));
     }
     Ok(Command::Run(Box::new(sources)))
 }

@@ -2,6 +2,7 @@
 //! the rest.
 
 mod app;
+mod check;
 mod cli;
 mod config;
 mod logging;
@@ -26,6 +27,16 @@ fn main() -> ExitCode {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS
         }
+        cli::Command::Check(sources) => match check::run(&sources) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("configuration NOT OK: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         cli::Command::Run(sources) => {
             let mut app = app::App::new(*sources);
             match master::run(&mut app) {

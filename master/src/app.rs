@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::bind::Listener;
+use crate::scoreboard::Slot;
 use crate::settings::Plan;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,6 +33,8 @@ pub struct WorkerContext<'a> {
     pub id: usize,
     pub generation: u64,
     pub stop: Stop,
+    /// This worker's counters in the scoreboard the master reads.
+    pub slot: &'static Slot,
 }
 
 /// The worker's graceful-stop flag: set by SIGTERM (from the master on reload or shutdown).
@@ -53,6 +56,11 @@ impl Stop {
 
     pub fn flag(&self) -> &'static AtomicBool {
         self.flag
+    }
+
+    /// Ask this worker to stop accepting, as SIGTERM does (used on `max-requests`).
+    pub fn trigger(&self) {
+        crate::process::request_stop();
     }
 
     pub fn is_requested(&self) -> bool {

@@ -8,17 +8,21 @@ mod app;
 mod backoff;
 mod bind;
 mod error;
+mod logfile;
 mod pidfile;
 mod privileges;
 mod process;
+mod scoreboard;
 mod settings;
 mod signals;
+mod stats;
 mod supervisor;
 
 pub use app::{Application, BoxError, Stop, WorkerBody, WorkerContext};
 pub use bind::Listener;
 pub use error::StartError;
 pub use privileges::{current_is_root, Identity};
+pub use scoreboard::{monotonic_ms, Slot, MAX_THREADS};
 pub use settings::{Plan, RestartSettings, RuntimeSettings};
 pub use supervisor::run;
 

@@ -14,6 +14,7 @@ use nix::unistd::{fork, getppid, ForkResult, Pid};
 use crate::app::{Stop, WorkerBody, WorkerContext};
 use crate::bind::Listener;
 use crate::privileges::Identity;
+use crate::scoreboard::Slot;
 use crate::EXIT_BOOT_ERROR;
 
 /// Fork one worker. Must be called from the master's main thread: the child inherits only
@@ -23,6 +24,7 @@ pub fn spawn_worker(
     listeners: &[Listener],
     id: usize,
     generation: u64,
+    slot: &'static Slot,
     drop_to: Option<&Identity>,
 ) -> nix::Result<Pid> {
     let master = nix::unistd::getpid();
@@ -32,7 +34,7 @@ pub fn spawn_worker(
     match unsafe { fork() }? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
-            let code = child_main(body, listeners, id, generation, drop_to, master);
+            let code = child_main(body, listeners, (id, generation, slot), drop_to, master);
             // SAFETY: _exit ends the process without running the master's atexit handlers
             // (OpenSSL cleanup) while worker threads may still be finishing.
             unsafe { libc::_exit(code) }
@@ -43,8 +45,7 @@ pub fn spawn_worker(
 fn child_main(
     body: &Arc<dyn WorkerBody>,
     listeners: &[Listener],
-    id: usize,
-    generation: u64,
+    (id, generation, slot): (usize, u64, &'static Slot),
     drop_to: Option<&Identity>,
     master: Pid,
 ) -> i32 {
@@ -71,6 +72,10 @@ fn child_main(
         // The master died between fork and prctl.
         return 1;
     }
+    if let Err(e) = crate::logfile::install_worker_handler() {
+        log::error!("worker {id}: cannot install the SIGUSR1 handler: {e}");
+        return EXIT_BOOT_ERROR;
+    }
     let stop = match install_stop_handler() {
         Ok(stop) => stop,
         Err(e) => {
@@ -83,6 +88,7 @@ fn child_main(
         id,
         generation,
         stop,
+        slot,
     };
     match catch_unwind(AssertUnwindSafe(|| body.run(ctx))) {
         Ok(code) => code,
@@ -119,6 +125,11 @@ static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 static STOP_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_sigterm(_: libc::c_int) {
+    request_stop();
+}
+
+/// Set the stop flag and wake every thread: async-signal-safe, also called outside handlers.
+pub fn request_stop() {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
     let fd = STOP_WRITE_FD.load(Ordering::SeqCst);
     if fd >= 0 {

@@ -21,6 +21,8 @@ pub struct RestartSettings {
     pub master_as_root: bool,
     /// `TCP_DEFER_ACCEPT` seconds: a connection that sends nothing never wakes a worker.
     pub defer_accept_secs: u32,
+    /// Address of the stats server.
+    pub stats: Option<SocketAddr>,
 }
 
 /// Settings a reload applies.
@@ -28,4 +30,8 @@ pub struct RestartSettings {
 pub struct RuntimeSettings {
     pub processes: usize,
     pub reload_mercy: Duration,
+    /// A thread busy on one request longer than this gets its worker replaced.
+    pub harakiri: Option<Duration>,
+    /// stderr of the master and workers goes here; reopened on SIGUSR1.
+    pub log_file: Option<PathBuf>,
 }

@@ -98,8 +98,8 @@ impl Sources {
         let mut refused = Vec::new();
         for file in &self.files {
             let read = match file {
-                SourceFile::Toml(path) => read_toml(path),
-                SourceFile::Ini { path, section } => read_ini(path, section, &self.cwd),
+                SourceFile::Toml(path) => read_toml(&self.cwd.join(path)),
+                SourceFile::Ini { path, section } => read_ini(&self.cwd.join(path), section),
             };
             match read {
                 Ok(raw) => merged.merge(raw),
@@ -179,11 +179,11 @@ fn read_toml(path: &Path) -> Result<RawConfig, SourceError> {
 }
 
 /// A uWSGI ini section: relative paths are resolved against the ini file's folder.
-fn read_ini(path: &Path, section: &str, cwd: &Path) -> Result<RawConfig, SourceError> {
+fn read_ini(path: &Path, section: &str) -> Result<RawConfig, SourceError> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read ini file {}", path.display()))
         .map_err(SourceError::Other)?;
-    let settings = text::parse_ini(&text, section, &cwd.join(path))
+    let settings = text::parse_ini(&text, section, path)
         .map_err(|e| SourceError::Other(anyhow::anyhow!("{}: {e}", path.display())))?;
     let mut raw = text::to_raw(&settings)
         .map_err(|lines| SourceError::Refused(refusal(&path.display().to_string(), &lines)))?;
@@ -196,14 +196,10 @@ fn read_ini(path: &Path, section: &str, cwd: &Path) -> Result<RawConfig, SourceE
 /// ignored (an operator who sets `harakiri` relies on it).
 fn reject_unimplemented(raw: &RawConfig) -> Result<()> {
     let mut missing = Vec::new();
-    let checks: [(&str, bool); 7] = [
-        ("harakiri", raw.harakiri.is_some()),
-        ("max-requests", raw.max_requests.is_some()),
+    let checks: [(&str, bool); 3] = [
         ("ticket-key-file", raw.ticket_key_file.is_some()),
         ("proxy-protocol", raw.proxy_protocol == Some(true)),
-        ("stats", raw.stats.is_some()),
         ("access-log", raw.access_log == Some(true)),
-        ("log-file", raw.log_file.is_some()),
     ];
     for (key, set) in checks {
         if set {
@@ -323,8 +319,16 @@ fn convert(raw: RawConfig) -> Result<Config> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let stats = raw
+        .stats
+        .as_deref()
+        .map(|s| parse_addr(s).with_context(|| format!("stats {s:?}")))
+        .transpose()?;
     let threads = match raw.threads {
         Some(0) => bail!("threads must be at least 1"),
+        Some(n) if n > master::MAX_THREADS => {
+            bail!("threads {n} is more than {}", master::MAX_THREADS)
+        }
         Some(n) => n,
         None => 64,
     };
@@ -350,10 +354,13 @@ fn convert(raw: RawConfig) -> Result<Config> {
             pidfile: raw.pidfile,
             master_as_root: raw.master_as_root.unwrap_or(false),
             defer_accept_secs: DEFER_ACCEPT_SECS,
+            stats,
         },
         runtime: master::RuntimeSettings {
             processes,
             reload_mercy: secs(raw.reload_mercy, 60),
+            harakiri: raw.harakiri.filter(|&h| h > 0).map(Duration::from_secs),
+            log_file: raw.log_file,
         },
     };
     let worker = worker::Settings {
@@ -371,6 +378,7 @@ fn convert(raw: RawConfig) -> Result<Config> {
         buffer_size,
         max_body: raw.max_body,
         chunked_input_limit: raw.chunked_input_limit.unwrap_or(1 << 20),
+        max_requests: raw.max_requests.filter(|&m| m > 0),
     };
     Ok(Config {
         plan,
@@ -546,9 +554,9 @@ min-version = "1.3"
         assert!(format!("{err:#}").contains("app.toml"), "{err:#}");
         let err = load_str("https = [\"=3,a.crt,a.key\"]\n").expect_err("no such socket");
         assert!(format!("{err:#}").contains("=3"), "{err:#}");
-        let err =
-            load_str("https = [\"127.0.0.1:1,a,b\"]\nharakiri = 3\n").expect_err("unimplemented");
-        assert!(format!("{err:#}").contains("harakiri"), "{err:#}");
+        let err = load_str("https = [\"127.0.0.1:1,a,b\"]\naccess-log = true\n")
+            .expect_err("unimplemented");
+        assert!(format!("{err:#}").contains("access-log"), "{err:#}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub enum CopyError {
 
 pub struct Conn<'a> {
     pub tls: SslStream<TcpStream>,
-    pub shared: &'a Shared,
+    pub shared: &'a Shared<'a>,
     pub listener: &'a ListenerRt,
     pub info: ConnInfo,
     /// Bytes from the client not yet consumed (the next head, pipelined requests).
@@ -42,15 +42,18 @@ pub struct Conn<'a> {
     /// A buffer owned by the serving thread, reused across connections.
     pub scratch: &'a mut Vec<u8>,
     read_timeout: Option<Duration>,
+    /// Index of the serving thread (its scoreboard entry).
+    thread: usize,
 }
 
 impl<'a> Conn<'a> {
     pub fn new(
         tls: SslStream<TcpStream>,
-        shared: &'a Shared,
+        shared: &'a Shared<'a>,
         listener: &'a ListenerRt,
         info: ConnInfo,
         scratch: &'a mut Vec<u8>,
+        thread: usize,
     ) -> Self {
         Self {
             tls,
@@ -60,6 +63,7 @@ impl<'a> Conn<'a> {
             buf: Vec::with_capacity(READ_CHUNK),
             scratch,
             read_timeout: None,
+            thread,
         }
     }
 
@@ -97,6 +101,18 @@ impl<'a> Conn<'a> {
             End::Answer(e.status)
         })?;
         self.buf.drain(..len);
+        self.shared.activity.request_started(self.thread);
+        let result = self.answer(&head);
+        let sent = match &result {
+            Ok((_, bytes)) => *bytes,
+            Err(_) => 0,
+        };
+        self.shared.request_done(self.thread, sent);
+        result.map(|(keep, _)| keep)
+    }
+
+    /// Answer one request: Ok((keep going, bytes sent)).
+    fn answer(&mut self, head: &RequestHead) -> Result<(bool, u64), End> {
         let settings = &self.shared.settings;
         if let (BodyFraming::Length(n), Some(max)) = (head.body, settings.max_body) {
             if n > max {
@@ -107,12 +123,12 @@ impl<'a> Conn<'a> {
             && !settings.timeouts.keepalive.is_zero()
             && !self.shared.stop_requested();
         if self.shared.backends.is_empty() {
-            self.discard_body(&head)?;
-            let answer = responder::response(&head, &self.info, keep_alive);
+            self.discard_body(head)?;
+            let answer = responder::response(head, &self.info, keep_alive);
             self.tls.write_all(&answer).map_err(|_| End::Client)?;
-            return Ok(keep_alive);
+            return Ok((keep_alive, answer.len() as u64));
         }
-        proxy::forward(self, &head, keep_alive)
+        proxy::forward(self, head, keep_alive)
     }
 
     /// Wait for a complete request head. Ok(None): the client closed or stayed idle past its

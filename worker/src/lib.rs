@@ -13,9 +13,9 @@ mod session;
 mod settings;
 mod tls;
 
-pub use server::{BuildError, RunError, Server, StopSignal};
+pub use server::{Activity, BuildError, RunError, Server, WorkerEnv};
 pub use settings::{
     BackendAddr, ListenerSettings, RedirectSettings, Settings, Timeouts, TlsSettings, TlsVersion,
     VerifyClient,
 };
-pub use tls::TlsError;
+pub use tls::{certificate_summary, TlsError};

@@ -13,9 +13,12 @@ use crate::http::response::{self, BackendBody, ClientBody, ResponseHead};
 /// Largest response head we accept from a backend.
 const MAX_BACKEND_HEAD: usize = 64 * 1024;
 
-/// Forward `head` (its body still to be read from the client). Ok(true): the connection may
-/// serve another request.
-pub fn forward(conn: &mut Conn<'_>, head: &RequestHead, keep_alive: bool) -> Result<bool, End> {
+/// Forward `head` (its body still to be read from the client). Ok((keep going, bytes sent)).
+pub fn forward(
+    conn: &mut Conn<'_>,
+    head: &RequestHead,
+    keep_alive: bool,
+) -> Result<(bool, u64), End> {
     let shared = conn.shared;
     let settings = &shared.settings;
     let timeouts = settings.timeouts;
@@ -99,7 +102,7 @@ fn relay_response(
     rbuf: &mut Vec<u8>,
     addr: &str,
     keep_alive: bool,
-) -> Result<bool, End> {
+) -> Result<(bool, u64), End> {
     let peer = conn.info.peer;
     rbuf.clear();
     let (resp, head_len) = loop {
@@ -136,11 +139,11 @@ fn relay_response(
     let mut out = Vec::with_capacity(512);
     response::write_client_head(&mut out, &resp, body, keep_alive, head.minor_version);
     rbuf.drain(..head_len);
-    stream_body(conn, &resp, body, backend, rbuf, out).map_err(|e| {
+    let sent = stream_body(conn, &resp, body, backend, rbuf, out).map_err(|e| {
         log::debug!("{peer}: response from backend {addr} cut short: {e}");
         End::Client
     })?;
-    Ok(keep_alive)
+    Ok((keep_alive, sent))
 }
 
 /// Copy the body; `pending` is what the client gets first (our head), `rbuf` holds body
@@ -152,19 +155,23 @@ fn stream_body(
     backend: &mut BackendStream,
     rbuf: &mut Vec<u8>,
     mut pending: Vec<u8>,
-) -> std::io::Result<()> {
-    let client = &mut conn.tls;
+) -> std::io::Result<u64> {
+    let mut client = Counting {
+        inner: &mut conn.tls,
+        count: 0,
+    };
+    let client = &mut client;
     match resp.body {
-        BackendBody::None => client.write_all(&pending),
+        BackendBody::None => client.send(&pending),
         BackendBody::Length(mut left) => loop {
             let take = (left.min(rbuf.len() as u64)) as usize;
             pending.extend_from_slice(&rbuf[..take]);
             left -= take as u64;
             rbuf.clear();
-            client.write_all(&pending)?;
+            client.send(&pending)?;
             pending.clear();
             if left == 0 {
-                return Ok(());
+                return Ok(client.count);
             }
             if read_into(backend, rbuf)? == 0 {
                 return Err(ErrorKind::UnexpectedEof.into());
@@ -191,9 +198,9 @@ fn stream_body(
                 data.clear();
                 if decoder.is_done() {
                     finish(&mut pending, body);
-                    return client.write_all(&pending);
+                    return client.send(&pending);
                 }
-                client.write_all(&pending)?;
+                client.send(&pending)?;
                 pending.clear();
                 if read_into(backend, rbuf)? == 0 {
                     return Err(ErrorKind::UnexpectedEof.into());
@@ -206,9 +213,9 @@ fn stream_body(
             let n = read_into(backend, rbuf)?;
             if n == 0 {
                 finish(&mut pending, body);
-                return client.write_all(&pending);
+                return client.send(&pending);
             }
-            client.write_all(&pending)?;
+            client.send(&pending)?;
             pending.clear();
         },
     }
@@ -241,4 +248,19 @@ fn read_into(backend: &mut BackendStream, buf: &mut Vec<u8>) -> std::io::Result<
     let r = backend.read(&mut buf[len..]);
     buf.truncate(len + *r.as_ref().unwrap_or(&0));
     r
+}
+
+/// The client stream, counting what we send for the scoreboard.
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    count: u64,
+}
+
+impl<W: Write> Counting<'_, W> {
+    /// Write everything; Ok(total so far).
+    fn send(&mut self, data: &[u8]) -> std::io::Result<u64> {
+        self.inner.write_all(data)?;
+        self.count += data.len() as u64;
+        Ok(self.count)
+    }
 }

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -85,16 +85,41 @@ impl Served<'_> {
     }
 }
 
-/// What every thread of a worker shares (read-only on the request path).
-pub struct Shared {
-    pub settings: Settings,
-    pub backends: Backends,
-    stop: &'static AtomicBool,
+/// What the worker reports to whoever supervises it (the master's scoreboard).
+pub trait Activity: Sync {
+    fn connection_opened(&self);
+    fn connection_closed(&self);
+    /// `thread` is the index of the serving thread within this worker.
+    fn request_started(&self, thread: usize);
+    fn request_finished(&self, thread: usize, bytes_sent: u64);
+    /// `max-requests` reached: ask to be replaced, and stop accepting.
+    fn recycle(&self);
 }
 
-impl Shared {
+/// What every thread of a worker shares (read-only on the request path but for counters).
+pub struct Shared<'a> {
+    pub settings: Settings,
+    pub backends: Backends,
+    pub activity: &'a dyn Activity,
+    stop: &'static AtomicBool,
+    /// Requests answered by this worker, for `max-requests`.
+    served: AtomicU64,
+    max_requests: Option<u64>,
+}
+
+impl Shared<'_> {
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Count one answered request; the one that reaches `max-requests` asks for recycling.
+    pub fn request_done(&self, thread: usize, bytes_sent: u64) {
+        self.activity.request_finished(thread, bytes_sent);
+        let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.max_requests == Some(n) {
+            log::info!("worker reached max-requests ({n}): recycling");
+            self.activity.recycle();
+        }
     }
 }
 
@@ -106,10 +131,12 @@ pub struct Server {
     redirects: Vec<(usize, RedirectRt)>,
 }
 
-/// How a worker is told to stop accepting: a flag and a pipe that becomes readable.
-pub struct StopSignal<'a> {
-    pub flag: &'static AtomicBool,
-    pub fd: BorrowedFd<'a>,
+/// What a forked worker gets from its supervisor: how it is told to stop accepting (a flag
+/// and a pipe that becomes readable) and where it reports its activity.
+pub struct WorkerEnv<'a> {
+    pub stop_flag: &'static AtomicBool,
+    pub stop_fd: BorrowedFd<'a>,
+    pub activity: &'a dyn Activity,
 }
 
 impl Server {
@@ -155,12 +182,19 @@ impl Server {
 
     /// Run `threads` accept threads until stop is requested and every connection is done.
     /// `sockets` are all the sockets the master bound, in order.
-    pub fn run(&self, sockets: &[&TcpListener], stop: StopSignal<'_>) -> Result<(), RunError> {
+    pub fn run(&self, sockets: &[&TcpListener], env: WorkerEnv<'_>) -> Result<(), RunError> {
         let shared = Shared {
             settings: self.settings.clone(),
             backends: Backends::resolve(&self.backends)
                 .map_err(|e| RunError::Threads(std::io::Error::other(e)))?,
-            stop: stop.flag,
+            activity: env.activity,
+            stop: env.stop_flag,
+            served: AtomicU64::new(0),
+            // Jitter (up to 10 %) so workers started together do not recycle together.
+            max_requests: self
+                .settings
+                .max_requests
+                .map(|m| m.max(1) + u64::from(std::process::id()) % (m / 10 + 1)),
         };
         let tls = self.listeners.iter().map(|l| (l.socket, Kind::Tls(l)));
         let redirects = self.redirects.iter().map(|(i, r)| (*i, Kind::Redirect(r)));
@@ -174,11 +208,11 @@ impl Server {
             for i in 0..self.settings.threads.max(1) {
                 let shared = &shared;
                 let served = &served;
-                let stop_fd = stop.fd;
+                let stop_fd = env.stop_fd;
                 let spawned = thread::Builder::new()
                     .name(format!("accept-{i}"))
                     .stack_size(THREAD_STACK)
-                    .spawn_scoped(scope, move || accept_loop(shared, served, stop_fd));
+                    .spawn_scoped(scope, move || accept_loop(shared, served, stop_fd, i));
                 match spawned {
                     Ok(_) => started += 1,
                     Err(e) => last_err = Some(e),
@@ -202,7 +236,12 @@ impl Server {
     }
 }
 
-fn accept_loop(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<'_>) {
+fn accept_loop(
+    shared: &Shared,
+    served: &[Served<'_>],
+    stop_fd: BorrowedFd<'_>,
+    thread_index: usize,
+) {
     let epoll = match watch(served, stop_fd) {
         Ok(e) => e,
         Err(e) => {
@@ -223,8 +262,10 @@ fn accept_loop(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<'_>) 
         };
         for ev in &events[..n] {
             let token = ev.data();
+            // The loop condition sees the stop. A connection this thread was woken for is
+            // still accepted: with EPOLLEXCLUSIVE no other thread was woken for it.
             if token == STOP_TOKEN {
-                return;
+                continue;
             }
             let Some(served) = served.get(token as usize) else {
                 continue;
@@ -233,14 +274,16 @@ fn accept_loop(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<'_>) 
             match accept4(served.socket.as_fd(), SockFlag::SOCK_CLOEXEC) {
                 Ok(fd) => {
                     let stream = TcpStream::from(fd);
+                    shared.activity.connection_opened();
                     let outcome = catch_unwind(AssertUnwindSafe(|| match served.kind {
                         Kind::Tls(listener) => {
-                            serve_connection(shared, listener, stream, &mut scratch)
+                            serve_connection(shared, listener, stream, &mut scratch, thread_index)
                         }
                         Kind::Redirect(r) => {
                             redirect::serve(stream, r.https_port, &shared.settings)
                         }
                     }));
+                    shared.activity.connection_closed();
                     if outcome.is_err() {
                         log::error!("a connection on {addr} panicked; the thread goes on");
                         scratch = Vec::new();
@@ -272,7 +315,13 @@ fn watch(served: &[Served<'_>], stop_fd: BorrowedFd<'_>) -> nix::Result<Epoll> {
     Ok(epoll)
 }
 
-fn serve_connection(shared: &Shared, listener: &ListenerRt, tcp: TcpStream, scratch: &mut Vec<u8>) {
+fn serve_connection(
+    shared: &Shared,
+    listener: &ListenerRt,
+    tcp: TcpStream,
+    scratch: &mut Vec<u8>,
+    thread_index: usize,
+) {
     let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
         return;
     };
@@ -301,7 +350,7 @@ fn serve_connection(shared: &Shared, listener: &ListenerRt, tcp: TcpStream, scra
         }
     };
     let info = ConnInfo::from_ssl(tls.ssl(), peer, local, listener.export_cert);
-    Conn::new(tls, shared, listener, info, scratch).serve();
+    Conn::new(tls, shared, listener, info, scratch, thread_index).serve();
 }
 
 /// `write_all` on a borrowed TcpStream, named to read clearly at the call site.

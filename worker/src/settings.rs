@@ -17,6 +17,8 @@ pub struct Settings {
     pub max_body: Option<u64>,
     /// Largest chunked request body buffered for a uwsgi backend (which needs a length).
     pub chunked_input_limit: u64,
+    /// Requests after which a worker asks to be recycled (a per-worker jitter is added).
+    pub max_requests: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -15,35 +15,35 @@ use crate::settings::{TlsSettings, TlsVersion, VerifyClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}: {error}", path.display())]
     Parse {
         path: PathBuf,
         what: &'static str,
-        source: openssl::error::ErrorStack,
+        error: openssl::error::ErrorStack,
     },
     #[error("{}: no certificate found in the file", path.display())]
     NoCertificate { path: PathBuf },
     #[error("private key {} does not match certificate {}", key.display(), cert.display())]
     KeyMismatch { cert: PathBuf, key: PathBuf },
-    #[error("cipher list {value:?} rejected by OpenSSL: {source}")]
+    #[error("cipher list {value:?} rejected by OpenSSL: {error}")]
     Ciphers {
         value: String,
-        source: openssl::error::ErrorStack,
+        error: openssl::error::ErrorStack,
     },
-    #[error("TLS 1.3 ciphersuites {value:?} rejected by OpenSSL: {source}")]
+    #[error("TLS 1.3 ciphersuites {value:?} rejected by OpenSSL: {error}")]
     Ciphersuites {
         value: String,
-        source: openssl::error::ErrorStack,
+        error: openssl::error::ErrorStack,
     },
-    #[error("TLS context for {addr}: {source}")]
+    #[error("TLS context for {addr}: {error}")]
     Context {
         addr: SocketAddr,
-        source: openssl::error::ErrorStack,
+        error: openssl::error::ErrorStack,
     },
 }
 
@@ -54,7 +54,7 @@ ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
 
 /// Build the acceptor for one listener, reading and checking every file it names.
 pub fn build_acceptor(tls: &TlsSettings, addr: SocketAddr) -> Result<SslAcceptor, TlsError> {
-    let ctx_err = |source| TlsError::Context { addr, source };
+    let ctx_err = |error| TlsError::Context { addr, error };
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(ctx_err)?;
     b.set_options(
         SslOptions::NO_COMPRESSION
@@ -69,15 +69,15 @@ pub fn build_acceptor(tls: &TlsSettings, addr: SocketAddr) -> Result<SslAcceptor
     }
     let ciphers = tls.ciphers.as_deref().unwrap_or(DEFAULT_CIPHERS);
     b.set_cipher_list(ciphers)
-        .map_err(|source| TlsError::Ciphers {
+        .map_err(|error| TlsError::Ciphers {
             value: ciphers.to_string(),
-            source,
+            error,
         })?;
     if let Some(suites) = &tls.ciphersuites {
         b.set_ciphersuites(suites)
-            .map_err(|source| TlsError::Ciphersuites {
+            .map_err(|error| TlsError::Ciphersuites {
                 value: suites.clone(),
-                source,
+                error,
             })?;
     }
     load_identity(&mut b, &tls.cert, &tls.key)?;
@@ -120,18 +120,18 @@ fn session_context(configured: Option<&str>, addr: SocketAddr) -> [u8; 32] {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
 fn parse_certs(path: &Path) -> Result<Vec<X509>, TlsError> {
     let pem = read(path)?;
-    let certs = X509::stack_from_pem(&pem).map_err(|source| TlsError::Parse {
+    let certs = X509::stack_from_pem(&pem).map_err(|error| TlsError::Parse {
         path: path.to_path_buf(),
         what: "not a PEM certificate",
-        source,
+        error,
     })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -143,19 +143,19 @@ fn parse_certs(path: &Path) -> Result<Vec<X509>, TlsError> {
 
 fn parse_key(path: &Path) -> Result<PKey<Private>, TlsError> {
     let pem = read(path)?;
-    PKey::private_key_from_pem(&pem).map_err(|source| TlsError::Parse {
+    PKey::private_key_from_pem(&pem).map_err(|error| TlsError::Parse {
         path: path.to_path_buf(),
         what: "not a PEM private key",
-        source,
+        error,
     })
 }
 
 /// Certificate (leaf first, then chain) and its key, checked to match.
 fn load_identity(b: &mut SslAcceptorBuilder, cert: &Path, key: &Path) -> Result<(), TlsError> {
-    let parse_err = |what, source| TlsError::Parse {
+    let parse_err = |what, error| TlsError::Parse {
         path: cert.to_path_buf(),
         what,
-        source,
+        error,
     };
     let mut certs = parse_certs(cert)?.into_iter();
     let leaf = certs.next().ok_or_else(|| TlsError::NoCertificate {
@@ -178,13 +178,24 @@ fn load_identity(b: &mut SslAcceptorBuilder, cert: &Path, key: &Path) -> Result<
 
 fn load_client_ca(b: &mut SslAcceptorBuilder, ca: &Path) -> Result<(), TlsError> {
     for cert in parse_certs(ca)? {
-        let refused = |source| TlsError::Parse {
+        let refused = |error| TlsError::Parse {
             path: ca.to_path_buf(),
             what: "CA certificate refused",
-            source,
+            error,
         };
         b.add_client_ca(&cert).map_err(refused)?;
         b.cert_store_mut().add_cert(cert).map_err(refused)?;
     }
     Ok(())
+}
+
+/// "subject /CN=..., expires <date>" of the first certificate in a PEM file.
+pub fn certificate_summary(path: &Path) -> Result<String, TlsError> {
+    let certs = parse_certs(path)?;
+    let leaf = &certs[0];
+    Ok(format!(
+        "subject {}, expires {}",
+        crate::session::oneline(leaf.subject_name()),
+        leaf.not_after()
+    ))
 }
