@@ -196,10 +196,9 @@ fn read_ini(path: &Path, section: &str) -> Result<RawConfig, SourceError> {
 /// ignored (an operator who sets `harakiri` relies on it).
 fn reject_unimplemented(raw: &RawConfig) -> Result<()> {
     let mut missing = Vec::new();
-    let checks: [(&str, bool); 3] = [
+    let checks: [(&str, bool); 2] = [
         ("ticket-key-file", raw.ticket_key_file.is_some()),
         ("proxy-protocol", raw.proxy_protocol == Some(true)),
-        ("access-log", raw.access_log == Some(true)),
     ];
     for (key, set) in checks {
         if set {
@@ -379,6 +378,7 @@ fn convert(raw: RawConfig) -> Result<Config> {
         max_body: raw.max_body,
         chunked_input_limit: raw.chunked_input_limit.unwrap_or(1 << 20),
         max_requests: raw.max_requests.filter(|&m| m > 0),
+        access_log: raw.access_log.unwrap_or(false),
     };
     Ok(Config {
         plan,
@@ -445,13 +445,24 @@ fn parse_addr(s: &str) -> Result<SocketAddr> {
         .context("resolves to no address")
 }
 
-/// `/path.sock` or `unix:/path` (uwsgi over a unix socket), `host:port` (uwsgi over TCP).
+/// `/path.sock` or `unix:/path` (uwsgi over a unix socket), `host:port` (uwsgi over TCP),
+/// `http://host:port` and `http+unix:/path` (plain HTTP/1.1).
 fn parse_backend(t: &str) -> Result<BackendAddr> {
+    if let Some(path) = t.strip_prefix("http+unix:") {
+        return Ok(BackendAddr::HttpUnix(path.into()));
+    }
+    if let Some(rest) = t.strip_prefix("http://") {
+        let hostport = rest.trim_end_matches('/');
+        if hostport.contains('/') || !hostport.contains(':') {
+            bail!("http-to {t:?}: expected http://host:port (no path)");
+        }
+        return Ok(BackendAddr::HttpTcp(hostport.to_string()));
+    }
     if let Some(path) = t.strip_prefix("unix:") {
         return Ok(BackendAddr::UwsgiUnix(path.into()));
     }
-    if t.contains("://") || t.starts_with("http+unix:") {
-        bail!("http-to {t:?}: HTTP backends are not implemented in this version; use the uwsgi protocol");
+    if t.contains("://") {
+        bail!("http-to {t:?}: only http:// URLs are supported (TLS to backends is not)");
     }
     if is_unix_path(t) {
         return Ok(BackendAddr::UwsgiUnix(t.into()));
@@ -554,9 +565,9 @@ min-version = "1.3"
         assert!(format!("{err:#}").contains("app.toml"), "{err:#}");
         let err = load_str("https = [\"=3,a.crt,a.key\"]\n").expect_err("no such socket");
         assert!(format!("{err:#}").contains("=3"), "{err:#}");
-        let err = load_str("https = [\"127.0.0.1:1,a,b\"]\naccess-log = true\n")
+        let err = load_str("https = [\"127.0.0.1:1,a,b\"]\nproxy-protocol = true\n")
             .expect_err("unimplemented");
-        assert!(format!("{err:#}").contains("access-log"), "{err:#}");
+        assert!(format!("{err:#}").contains("proxy-protocol"), "{err:#}");
     }
 
     #[test]

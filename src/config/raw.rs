@@ -206,8 +206,10 @@ impl RawConfig {
 
 /// Unix socket paths in `http-to` are relative to `base` too.
 fn resolve_backend(target: &str, base: &Path) -> String {
-    if let Some(path) = target.strip_prefix("unix:") {
-        return format!("unix:{}", base.join(path).display());
+    for scheme in ["unix:", "http+unix:"] {
+        if let Some(path) = target.strip_prefix(scheme) {
+            return format!("{scheme}{}", base.join(path).display());
+        }
     }
     if super::is_unix_path(target) {
         return base.join(target).display().to_string();

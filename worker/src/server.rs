@@ -6,15 +6,16 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{accept4, SockFlag};
-use openssl::ssl::SslAcceptor;
+use openssl::ssl::{ErrorCode, HandshakeError, SslAcceptor, SslStream};
 
 use crate::backend::Backends;
-use crate::conn::Conn;
+use crate::conn::{Conn, ThreadState};
 use crate::http::errors::plaintext_on_tls_port;
 use crate::redirect;
 use crate::session::ConnInfo;
@@ -249,7 +250,10 @@ fn accept_loop(
             return;
         }
     };
-    let mut scratch = Vec::new();
+    let mut local = ThreadState {
+        index: thread_index,
+        ..Default::default()
+    };
     let mut events = [EpollEvent::empty(); 8];
     while !shared.stop_requested() {
         let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
@@ -277,7 +281,7 @@ fn accept_loop(
                     shared.activity.connection_opened();
                     let outcome = catch_unwind(AssertUnwindSafe(|| match served.kind {
                         Kind::Tls(listener) => {
-                            serve_connection(shared, listener, stream, &mut scratch, thread_index)
+                            serve_connection(shared, listener, stream, &mut local)
                         }
                         Kind::Redirect(r) => {
                             redirect::serve(stream, r.https_port, &shared.settings)
@@ -286,7 +290,10 @@ fn accept_loop(
                     shared.activity.connection_closed();
                     if outcome.is_err() {
                         log::error!("a connection on {addr} panicked; the thread goes on");
-                        scratch = Vec::new();
+                        local = ThreadState {
+                            index: thread_index,
+                            ..Default::default()
+                        };
                     }
                 }
                 // Another worker or thread took it.
@@ -319,17 +326,14 @@ fn serve_connection(
     shared: &Shared,
     listener: &ListenerRt,
     tcp: TcpStream,
-    scratch: &mut Vec<u8>,
-    thread_index: usize,
+    local: &mut ThreadState,
 ) {
-    let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
+    let (Ok(peer), Ok(local_addr)) = (tcp.peer_addr(), tcp.local_addr()) else {
         return;
     };
     let t = shared.settings.timeouts;
-    if tcp.set_nodelay(true).is_err()
-        || tcp.set_read_timeout(Some(t.handshake)).is_err()
-        || tcp.set_write_timeout(Some(t.handshake)).is_err()
-    {
+    let deadline = Instant::now() + t.handshake;
+    if tcp.set_nodelay(true).is_err() || tcp.set_read_timeout(Some(t.handshake)).is_err() {
         return;
     }
     let mut first = [0u8; 1];
@@ -337,20 +341,65 @@ fn serve_connection(
         Ok(1) if first[0] == 0x16 => {}
         Ok(1) if first[0].is_ascii_uppercase() => {
             log::debug!("{peer}: plain HTTP on the TLS port {}", listener.addr);
+            let _ = tcp.set_write_timeout(Some(t.handshake));
             let _ = (&tcp).write_all_plain(plaintext_on_tls_port());
             return;
         }
         _ => return,
     }
-    let tls = match listener.acceptor.accept(tcp) {
+    let tls = match handshake(&listener.acceptor, tcp, deadline) {
         Ok(s) => s,
         Err(e) => {
             log::debug!("{peer}: TLS handshake on {} failed: {e}", listener.addr);
             return;
         }
     };
-    let info = ConnInfo::from_ssl(tls.ssl(), peer, local, listener.export_cert);
-    Conn::new(tls, shared, listener, info, scratch, thread_index).serve();
+    let info = ConnInfo::from_ssl(tls.ssl(), peer, local_addr, listener.export_cert);
+    Conn::new(tls, shared, listener, info, local).serve();
+}
+
+/// The TLS handshake, done within `deadline` in total: non-blocking steps with poll(2), so a
+/// client that trickles its handshake bytes cannot hold a thread longer than
+/// `handshake-timeout`. The stream is blocking again afterwards.
+fn handshake(
+    acceptor: &SslAcceptor,
+    tcp: TcpStream,
+    deadline: Instant,
+) -> Result<SslStream<TcpStream>, String> {
+    tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut attempt = acceptor.accept(tcp);
+    loop {
+        match attempt {
+            Ok(stream) => {
+                stream
+                    .get_ref()
+                    .set_nonblocking(false)
+                    .map_err(|e| e.to_string())?;
+                return Ok(stream);
+            }
+            Err(HandshakeError::WouldBlock(mid)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err("handshake-timeout reached".into());
+                }
+                let events = if mid.error().code() == ErrorCode::WANT_WRITE {
+                    PollFlags::POLLOUT
+                } else {
+                    PollFlags::POLLIN
+                };
+                let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(mid.get_ref().as_fd(), events)];
+                match poll(&mut fds, timeout) {
+                    Ok(0) => return Err("handshake-timeout reached".into()),
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                attempt = mid.handshake();
+            }
+            Err(HandshakeError::Failure(mid)) => return Err(mid.error().to_string()),
+            Err(HandshakeError::SetupFailure(e)) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// `write_all` on a borrowed TcpStream, named to read clearly at the call site.

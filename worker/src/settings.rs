@@ -19,6 +19,8 @@ pub struct Settings {
     pub chunked_input_limit: u64,
     /// Requests after which a worker asks to be recycled (a per-worker jitter is added).
     pub max_requests: Option<u64>,
+    /// One log line per request.
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +103,16 @@ pub enum BackendAddr {
     UwsgiUnix(PathBuf),
     /// uwsgi protocol over TCP (`host:port`).
     UwsgiTcp(String),
+    /// Plain HTTP/1.1 over TCP (`http://host:port`).
+    HttpTcp(String),
+    /// Plain HTTP/1.1 over a unix socket (`http+unix:/path`).
+    HttpUnix(PathBuf),
+}
+
+impl BackendAddr {
+    pub fn is_http(&self) -> bool {
+        matches!(self, BackendAddr::HttpTcp(_) | BackendAddr::HttpUnix(_))
+    }
 }
 
 impl std::fmt::Display for BackendAddr {
@@ -108,6 +120,8 @@ impl std::fmt::Display for BackendAddr {
         match self {
             BackendAddr::UwsgiUnix(p) => write!(f, "unix:{}", p.display()),
             BackendAddr::UwsgiTcp(a) => write!(f, "{a}"),
+            BackendAddr::HttpTcp(a) => write!(f, "http://{a}"),
+            BackendAddr::HttpUnix(p) => write!(f, "http+unix:{}", p.display()),
         }
     }
 }
