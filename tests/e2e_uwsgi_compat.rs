@@ -3,19 +3,32 @@
 //! refused all at once, and `http-to-https` redirects. Free high ports stand in for 443 and
 //! 8443, test-made certificates for foobar.*.
 
-mod common_compat;
+mod common;
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common_compat::{
-    client_cert, curl, curl_https, free_port, http_raw, nobody, proc_status, wait_until, watchdog,
-    Server, TestEnv, UwsgiApp, CLIENT_DN,
-};
+use common::certs::CLIENT_DN;
+use common::compat::{foobar, http_raw, nobody, UwsgiApp};
+use common::{curl, free_port, proc_status, wait_until, watchdog, Curl, Server, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(120);
+
+/// Start the master with `args` in the env's folder; do not wait.
+fn spawn(env: &TestEnv, args: &[&str]) -> Server {
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    Server::spawn_args(env.dir(), &args, env.path("app.ini"))
+}
+
+/// Start the master with `args` and wait until `port` answers TLS.
+fn start(env: &TestEnv, args: &[&str], port: u16) -> Server {
+    let mut server = spawn(env, args);
+    server.wait_ready(port, None);
+    server
+}
 
 /// The `[uwsgi]` block of uWSGI's HTTPS documentation, on 127.0.0.1:`port`. uid and gid
 /// are nobody/nogroup when we are root (as `roberto` in the documentation); otherwise
@@ -33,23 +46,20 @@ fn doc_ini(test: &str, port: u16, https: &str, http_to: &Path) -> String {
     )
 }
 
-fn no_args() -> Vec<String> {
-    Vec::new()
-}
-
 /// Acceptance 1: `--master --https 127.0.0.1:P,foobar.crt,foobar.key` serves HTTPS (the
 /// built-in responder: no backend is named).
 #[test]
 fn seed_command_master_https_serves() {
     let _wd = watchdog("seed_command_master_https_serves", LIMIT);
-    let env = TestEnv::new(None);
+    let env = TestEnv::new();
+    foobar(&env, None);
     let port = free_port();
     let https = format!("127.0.0.1:{port},foobar.crt,foobar.key");
-    let _server = Server::start(env.dir(), &["--master", "--https", &https], port);
-    let out = curl_https(&env, port, "/hello?x=1", &no_args());
+    let _server = start(&env, &["--master", "--https", &https], port);
+    let out = curl(&env.certs, port, "/hello?x=1").run();
     assert_eq!(out.status, Some(200), "{out:?}");
-    assert!(out.body.contains("built-in responder"), "{out:?}");
-    assert!(out.body.contains("GET /hello?x=1 HTTP/1.1"), "{out:?}");
+    assert!(out.text().contains("built-in responder"), "{out:?}");
+    assert!(out.text().contains("GET /hello?x=1 HTTP/1.1"), "{out:?}");
 }
 
 /// Acceptance 2: `--shared-socket 127.0.0.1:P --uid nobody --gid nogroup --https
@@ -63,11 +73,12 @@ fn seed_command_shared_socket_drops_to_nobody() {
         return;
     };
     let _wd = watchdog("seed_command_shared_socket_drops_to_nobody", LIMIT);
-    let env = TestEnv::new(Some(gid));
+    let env = TestEnv::new();
+    foobar(&env, Some(gid));
     let port = free_port();
     let socket = format!("127.0.0.1:{port}");
-    let server = Server::start(
-        env.dir(),
+    let server = start(
+        &env,
         &[
             "--shared-socket",
             &socket,
@@ -80,9 +91,9 @@ fn seed_command_shared_socket_drops_to_nobody() {
         ],
         port,
     );
-    let out = curl_https(&env, port, "/", &no_args());
+    let out = curl(&env.certs, port, "/").run();
     assert_eq!(out.status, Some(200), "{out:?}");
-    assert!(out.body.contains("built-in responder"), "{out:?}");
+    assert!(out.text().contains("built-in responder"), "{out:?}");
     let mut workers = Vec::new();
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -109,7 +120,8 @@ fn seed_command_shared_socket_drops_to_nobody() {
 fn documentation_ini_serves_through_uwsgi_backend() {
     let test = "documentation_ini_serves_through_uwsgi_backend";
     let _wd = watchdog(test, LIMIT);
-    let env = TestEnv::new(nobody().map(|(_, gid)| gid));
+    let env = TestEnv::new();
+    foobar(&env, nobody().map(|(_, gid)| gid));
     let Some(app) = UwsgiApp::start(env.dir()) else {
         eprintln!("SKIP {test}: no uwsgi binary installed");
         return;
@@ -117,17 +129,21 @@ fn documentation_ini_serves_through_uwsgi_backend() {
     let port = free_port();
     let ini = doc_ini(test, port, "=0,foobar.crt,foobar.key,HIGH", &app.socket);
     std::fs::write(env.path("app.ini"), ini).expect("write app.ini");
-    let _server = Server::start(env.dir(), &["--ini", "app.ini"], port);
+    let _server = start(&env, &["--ini", "app.ini"], port);
     // TLS 1.2, where the HIGH cipher list applies.
-    let tls12 = ["--tlsv1.2".to_string(), "--tls-max".into(), "1.2".into()];
-    let out = curl_https(&env, port, "/docs?page=1", &tls12);
+    let out = curl(&env.certs, port, "/docs?page=1")
+        .arg("--tlsv1.2")
+        .arg("--tls-max")
+        .arg("1.2")
+        .run();
     assert_eq!(out.status, Some(200), "{out:?}");
-    assert!(out.body.starts_with("uwsgi-app\n"), "{out:?}");
-    assert!(out.body.contains("REQUEST_URI=/docs?page=1\n"), "{out:?}");
-    assert!(out.body.contains("HTTPS=on\n"), "{out:?}");
+    let text = out.text();
+    assert!(text.starts_with("uwsgi-app\n"), "{text}");
+    assert!(text.contains("REQUEST_URI=/docs?page=1\n"), "{text}");
+    assert!(text.contains("HTTPS=on\n"), "{text}");
     assert!(
-        out.body.contains("HTTPS_DN=\n"),
-        "no client certificate: {out:?}"
+        text.contains("HTTPS_DN=\n"),
+        "no client certificate: {text}"
     );
 }
 
@@ -137,7 +153,8 @@ fn documentation_ini_serves_through_uwsgi_backend() {
 fn documentation_ini_client_certificates() {
     let test = "documentation_ini_client_certificates";
     let _wd = watchdog(test, LIMIT);
-    let env = TestEnv::new(nobody().map(|(_, gid)| gid));
+    let env = TestEnv::new();
+    foobar(&env, nobody().map(|(_, gid)| gid));
     let Some(app) = UwsgiApp::start(env.dir()) else {
         eprintln!("SKIP {test}: no uwsgi binary installed");
         return;
@@ -153,13 +170,17 @@ fn documentation_ini_client_certificates() {
         &app.socket,
     );
     std::fs::write(env.path("required.ini"), ini).expect("write required.ini");
-    let server = Server::start(env.dir(), &["--ini", "required.ini"], port);
-    let out = curl_https(&env, port, "/", &no_args());
+    let server = start(&env, &["--ini", "required.ini"], port);
+    let out = curl(&env.certs, port, "/").run();
     assert_eq!(out.status, None, "no certificate must not pass: {out:?}");
-    let out = curl_https(&env, port, "/", &client_cert(env.certs.client()));
+    let out = curl(&env.certs, port, "/")
+        .client_cert(env.certs.client())
+        .run();
     assert_eq!(out.status, Some(200), "{out:?}");
-    assert!(out.body.contains(&with_dn), "{out:?}");
-    let out = curl_https(&env, port, "/", &client_cert(env.certs.other_client()));
+    assert!(out.text().contains(&with_dn), "{out:?}");
+    let out = curl(&env.certs, port, "/")
+        .client_cert(env.certs.other_client())
+        .run();
     assert_eq!(out.status, None, "a certificate of another CA: {out:?}");
     drop(server);
 
@@ -172,13 +193,15 @@ fn documentation_ini_client_certificates() {
         &app.socket,
     );
     std::fs::write(env.path("optional.ini"), ini).expect("write optional.ini");
-    let _server = Server::start(env.dir(), &["--ini", "optional.ini"], port);
-    let out = curl_https(&env, port, "/", &no_args());
+    let _server = start(&env, &["--ini", "optional.ini"], port);
+    let out = curl(&env.certs, port, "/").run();
     assert_eq!(out.status, Some(200), "{out:?}");
-    assert!(out.body.contains("HTTPS_DN=\n"), "{out:?}");
-    let out = curl_https(&env, port, "/", &client_cert(env.certs.client()));
+    assert!(out.text().contains("HTTPS_DN=\n"), "{out:?}");
+    let out = curl(&env.certs, port, "/")
+        .client_cert(env.certs.client())
+        .run();
     assert_eq!(out.status, Some(200), "{out:?}");
-    assert!(out.body.contains(&with_dn), "{out:?}");
+    assert!(out.text().contains(&with_dn), "{out:?}");
 }
 
 /// Acceptance 5: an ini with `wsgi-file` and `harakiri-verbose` fails, naming both, and the
@@ -186,17 +209,15 @@ fn documentation_ini_client_certificates() {
 #[test]
 fn unsupported_uwsgi_options_are_all_named() {
     let _wd = watchdog("unsupported_uwsgi_options_are_all_named", LIMIT);
-    let env = TestEnv::new(None);
+    let env = TestEnv::new();
+    foobar(&env, None);
     let port = free_port();
     let ini = format!(
         "[uwsgi]\nmaster = true\nhttps = 127.0.0.1:{port},foobar.crt,foobar.key\n\
          wsgi-file = app.py\nharakiri-verbose = true\nprocesses = 1\n"
     );
     std::fs::write(env.path("app.ini"), ini).expect("write app.ini");
-    let mut server = Server::spawn(
-        env.dir(),
-        &["--ini", "app.ini", "--vacuum", "--no-such-option"],
-    );
+    let mut server = spawn(&env, &["--ini", "app.ini", "--vacuum", "--no-such-option"]);
     let status = server.expect_exit(Duration::from_secs(30));
     assert!(!status.success(), "must fail: {status:?}");
     let log = server.log();
@@ -221,13 +242,14 @@ fn unsupported_uwsgi_options_are_all_named() {
 #[test]
 fn http_to_https_redirects() {
     let _wd = watchdog("http_to_https_redirects", LIMIT);
-    let env = TestEnv::new(None);
+    let env = TestEnv::new();
+    foobar(&env, None);
     let port = free_port();
     let plain = free_port();
     let https = format!("127.0.0.1:{port},foobar.crt,foobar.key");
     let redirect = format!("127.0.0.1:{plain}");
-    let _server = Server::start(
-        env.dir(),
+    let _server = start(
+        &env,
         &[
             "--https",
             &https,
@@ -251,7 +273,6 @@ fn http_to_https_redirects() {
     assert_eq!(resp.status, 301, "{resp:?}");
     let expected = format!("https://[::1]:{port}/");
     assert_eq!(resp.header("location"), Some(expected.as_str()), "{resp:?}");
-    assert_eq!(resp.body, "", "HEAD: {resp:?}");
 
     let resp = http_raw(plain, b"GET / HTTP/1.0\r\n\r\n").expect("no Host");
     assert_eq!(resp.status, 400, "{resp:?}");
@@ -279,18 +300,17 @@ fn http_to_https_redirects() {
     );
 
     // curl follows the redirect to the TLS listener (the certificate names localhost).
-    let args = [
-        "-L".to_string(),
-        "--cacert".into(),
-        env.certs.ca_crt.display().to_string(),
-        "--resolve".into(),
-        format!("localhost:{plain}:127.0.0.1"),
-        "--resolve".into(),
-        format!("localhost:{port}:127.0.0.1"),
-    ];
-    let out = curl(&format!("http://localhost:{plain}/followed"), &args);
+    let out = Curl::new(&format!("http://localhost:{plain}/followed"))
+        .arg("-L")
+        .arg("--cacert")
+        .arg(&env.certs.ca_crt)
+        .arg("--resolve")
+        .arg(format!("localhost:{plain}:127.0.0.1"))
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .run();
     assert_eq!(out.status, Some(200), "{out:?}");
-    assert!(out.body.contains("GET /followed HTTP/1.1"), "{out:?}");
+    assert!(out.text().contains("GET /followed HTTP/1.1"), "{out:?}");
 }
 
 /// Flags override the files (a flag replaces the key it names), and `--config` and `--ini`
@@ -298,7 +318,8 @@ fn http_to_https_redirects() {
 #[test]
 fn flags_override_files() {
     let _wd = watchdog("flags_override_files", LIMIT);
-    let env = TestEnv::new(None);
+    let env = TestEnv::new();
+    foobar(&env, None);
     let port = free_port();
     let unused = free_port();
     // Both files name a socket nobody may bind: the flag replaces https, so only `port`
@@ -316,8 +337,8 @@ fn flags_override_files() {
     )
     .expect("write app.ini");
     let flag = format!("127.0.0.1:{port},foobar.crt,foobar.key");
-    let server = Server::start(
-        env.dir(),
+    let server = start(
+        &env,
         &[
             "--config",
             "base.toml",
@@ -346,7 +367,7 @@ fn flags_override_files() {
         threads <= 4,
         "{threads} threads: the ini's threads = 2 must win"
     );
-    let out = curl_https(&env, port, "/", &no_args());
+    let out = curl(&env.certs, port, "/").run();
     assert_eq!(out.status, Some(200), "{out:?}");
     assert!(
         TcpStream::connect((Ipv4Addr::LOCALHOST, unused)).is_err(),
