@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod certs;
 pub mod client;
+pub mod compat;
 pub mod ports;
 pub mod procs;
 pub mod server;

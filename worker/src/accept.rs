@@ -3,7 +3,7 @@
 //! connections, and serves connections the parker hands back.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread;
@@ -18,16 +18,15 @@ use openssl::ssl::{ErrorCode, HandshakeError, SslAcceptor, SslStream};
 use crate::conn::{Conn, ThreadState};
 use crate::http::errors::plaintext_on_tls_port;
 use crate::park::Parked;
-use crate::server::{ListenerRt, Shared};
+use crate::redirect;
+use crate::server::{Kind, ListenerRt, Served, Shared};
 use crate::session::ConnInfo;
 
 const STOP_TOKEN: u64 = u64::MAX;
 const READY_TOKEN: u64 = u64::MAX - 1;
 const DONE_TOKEN: u64 = u64::MAX - 2;
 
-type Served<'s> = [(&'s ListenerRt, &'s TcpListener)];
-
-pub fn serve_thread(shared: &Shared, served: &Served<'_>, stop_fd: BorrowedFd<'_>, index: usize) {
+pub fn serve_thread(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<'_>, index: usize) {
     let epoll = match watch(shared, served, stop_fd) {
         Ok(e) => e,
         Err(e) => {
@@ -44,8 +43,8 @@ pub fn serve_thread(shared: &Shared, served: &Served<'_>, stop_fd: BorrowedFd<'_
     loop {
         if listening && shared.stop_requested() {
             // Stop accepting; keep serving what the parker hands back until it is done.
-            for (_, socket) in served {
-                let _ = epoll.delete(socket.as_fd());
+            for listener in served {
+                let _ = epoll.delete(listener.socket.as_fd());
             }
             let _ = epoll.delete(stop_fd);
             listening = false;
@@ -76,15 +75,21 @@ pub fn serve_thread(shared: &Shared, served: &Served<'_>, stop_fd: BorrowedFd<'_
                 // A connection this thread was woken for is accepted even when stopping:
                 // with EPOLLEXCLUSIVE no other thread was woken for it.
                 token => {
-                    let Some((listener, socket)) = served.get(token as usize) else {
+                    let Some(listener) = served.get(token as usize) else {
                         continue;
                     };
-                    match accept4(socket.as_fd(), SockFlag::SOCK_CLOEXEC) {
+                    let addr = listener.addr();
+                    match accept4(listener.socket.as_fd(), SockFlag::SOCK_CLOEXEC) {
                         Ok(fd) => {
-                            shared.parking.started();
+                            shared.conn_opened();
                             let tcp = TcpStream::from(fd);
-                            guarded(shared, &mut local, |local| {
-                                accept(shared, listener, tcp, local)
+                            guarded(shared, &mut local, |local| match listener.kind {
+                                Kind::Tls(tls) => accept(shared, tls, tcp, local),
+                                Kind::Redirect(r) => {
+                                    redirect::serve(tcp, r.https_port, &shared.settings);
+                                    shared.conn_closed();
+                                    Outcome::Closed
+                                }
                             });
                         }
                         // Another worker or thread took it.
@@ -92,10 +97,10 @@ pub fn serve_thread(shared: &Shared, served: &Served<'_>, stop_fd: BorrowedFd<'_
                         Err(
                             e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM),
                         ) => {
-                            log::warn!("accept on {}: {e}; pausing", listener.addr);
+                            log::warn!("accept on {addr}: {e}; pausing");
                             thread::sleep(Duration::from_millis(50));
                         }
-                        Err(e) => log::warn!("accept on {}: {e}", listener.addr),
+                        Err(e) => log::warn!("accept on {addr}: {e}"),
                     }
                 }
             }
@@ -115,7 +120,7 @@ fn guarded(
         Ok(outcome) => outcome,
         Err(_) => {
             log::error!("serving thread {index}: a connection panicked; the thread goes on");
-            shared.parking.ended();
+            shared.conn_closed();
             *local = ThreadState {
                 index,
                 ..Default::default()
@@ -134,11 +139,14 @@ enum Outcome {
 /// This thread's epoll set: every listener and the parker's ready count with EPOLLEXCLUSIVE
 /// (one wake-up per event across all threads and workers), plus the stop pipe and the done
 /// signal, level-triggered so every thread sees them.
-fn watch(shared: &Shared, served: &Served<'_>, stop_fd: BorrowedFd<'_>) -> nix::Result<Epoll> {
+fn watch(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<'_>) -> nix::Result<Epoll> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     let exclusive = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
-    for (i, (_, socket)) in served.iter().enumerate() {
-        epoll.add(socket.as_fd(), EpollEvent::new(exclusive, i as u64))?;
+    for (i, listener) in served.iter().enumerate() {
+        epoll.add(
+            listener.socket.as_fd(),
+            EpollEvent::new(exclusive, i as u64),
+        )?;
     }
     epoll.add(
         shared.parking.ready_fd(),
@@ -190,16 +198,21 @@ fn accept(
     match result {
         Some((tls, info)) => serve(shared, Conn::new(tls, shared, listener, info, local), false),
         None => {
-            shared.parking.ended();
+            shared.conn_closed();
             Outcome::Closed
         }
     }
 }
 
 /// A parked connection whose next request has arrived.
-fn resume(shared: &Shared, served: &Served<'_>, conn: Parked, local: &mut ThreadState) -> Outcome {
-    let Some((listener, _)) = served.get(conn.listener) else {
-        shared.parking.ended();
+fn resume(
+    shared: &Shared,
+    served: &[Served<'_>],
+    conn: Parked,
+    local: &mut ThreadState,
+) -> Outcome {
+    let Some(Kind::Tls(listener)) = served.get(conn.listener).map(|s| s.kind) else {
+        shared.conn_closed();
         return Outcome::Closed;
     };
     let served_any = conn.served_any;
@@ -216,7 +229,7 @@ fn serve(shared: &Shared, conn: Conn<'_, '_>, due: bool) -> Outcome {
             Outcome::Parked
         }
         None => {
-            shared.parking.ended();
+            shared.conn_closed();
             Outcome::Closed
         }
     }

@@ -8,6 +8,7 @@ mod conn;
 pub mod http;
 mod park;
 mod proxy;
+mod redirect;
 mod responder;
 mod server;
 mod session;
@@ -16,6 +17,7 @@ mod tls;
 
 pub use server::{Activity, BuildError, RunError, Server, WorkerEnv};
 pub use settings::{
-    BackendAddr, ListenerSettings, Settings, Timeouts, TlsSettings, TlsVersion, VerifyClient,
+    BackendAddr, ListenerSettings, RedirectSettings, Settings, Timeouts, TlsSettings, TlsVersion,
+    VerifyClient,
 };
 pub use tls::{certificate_summary, TlsError};

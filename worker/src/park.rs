@@ -137,15 +137,26 @@ impl Parking {
     }
 
     /// The parker thread. Returns once `stopping()` holds and no connection is left.
-    pub fn run_parker(&self, stop_fd: BorrowedFd<'_>, stopping: &dyn Fn() -> bool) {
-        if let Err(e) = self.parker_loop(stop_fd, stopping) {
+    /// `closed` is called for each connection the parker closes (idle past its time).
+    pub fn run_parker(
+        &self,
+        stop_fd: BorrowedFd<'_>,
+        stopping: &dyn Fn() -> bool,
+        closed: &dyn Fn(),
+    ) {
+        if let Err(e) = self.parker_loop(stop_fd, stopping, closed) {
             log::error!("parker: {e}; idle connections are closed");
         }
         // Whatever happens, let the serving threads go.
         let _ = self.done.write(1);
     }
 
-    fn parker_loop(&self, stop_fd: BorrowedFd<'_>, stopping: &dyn Fn() -> bool) -> nix::Result<()> {
+    fn parker_loop(
+        &self,
+        stop_fd: BorrowedFd<'_>,
+        stopping: &dyn Fn() -> bool,
+        closed: &dyn Fn(),
+    ) -> nix::Result<()> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
             &self.incoming,
@@ -183,6 +194,7 @@ impl Parking {
                             {
                                 // Cannot watch it: close it.
                                 self.parked.fetch_sub(1, Ordering::SeqCst);
+                                closed();
                                 free.push(token);
                                 continue;
                             }
@@ -218,6 +230,7 @@ impl Parking {
                             // Closed without close_notify: writing it could block.
                             drop(conn);
                             self.parked.fetch_sub(1, Ordering::SeqCst);
+                            closed();
                             free.push(token);
                         }
                     }

@@ -50,6 +50,35 @@ pub struct ListenerRt {
     pub export_cert: bool,
 }
 
+/// One `http-to-https` listener as workers use it.
+pub struct RedirectRt {
+    pub addr: SocketAddr,
+    pub https_port: u16,
+}
+
+/// What a listening socket serves.
+#[derive(Clone, Copy)]
+pub enum Kind<'a> {
+    Tls(&'a ListenerRt),
+    Redirect(&'a RedirectRt),
+}
+
+/// One listening socket a thread waits on, and what it serves.
+#[derive(Clone, Copy)]
+pub struct Served<'a> {
+    pub kind: Kind<'a>,
+    pub socket: &'a TcpListener,
+}
+
+impl Served<'_> {
+    pub fn addr(&self) -> SocketAddr {
+        match self.kind {
+            Kind::Tls(l) => l.addr,
+            Kind::Redirect(r) => r.addr,
+        }
+    }
+}
+
 /// What the worker reports to whoever supervises it (the master's scoreboard).
 pub trait Activity: Sync {
     fn connection_opened(&self);
@@ -78,6 +107,18 @@ impl Shared<'_> {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// A serving thread took a new connection.
+    pub fn conn_opened(&self) {
+        self.parking.started();
+        self.activity.connection_opened();
+    }
+
+    /// A serving thread closed a connection for good.
+    pub fn conn_closed(&self) {
+        self.activity.connection_closed();
+        self.parking.ended();
+    }
+
     /// Count one answered request; the one that reaches `max-requests` asks for recycling.
     pub fn request_done(&self, thread: usize, bytes_sent: u64) {
         self.activity.request_finished(thread, bytes_sent);
@@ -94,6 +135,7 @@ pub struct Server {
     settings: Settings,
     backends: Vec<crate::settings::BackendAddr>,
     listeners: Vec<ListenerRt>,
+    redirects: Vec<(usize, RedirectRt)>,
 }
 
 /// What a forked worker gets from its supervisor: how it is told to stop accepting (a flag
@@ -123,12 +165,26 @@ impl Server {
                 export_cert: l.export_cert,
             });
         }
+        let mut redirects = Vec::with_capacity(settings.redirects.len());
+        for r in &settings.redirects {
+            let addr = *bound.get(r.socket).ok_or(BuildError::NoSocket {
+                index: settings.listeners.len() + redirects.len(),
+                socket: r.socket,
+                bound: bound.len(),
+            })?;
+            let rt = RedirectRt {
+                addr,
+                https_port: r.https_port,
+            };
+            redirects.push((r.socket, rt));
+        }
         // Resolve now so that a name that does not resolve fails the start or the reload.
         Backends::resolve(&settings.backends).map_err(BuildError::Backend)?;
         Ok(Server {
             backends: settings.backends.clone(),
             settings,
             listeners,
+            redirects,
         })
     }
 
@@ -149,14 +205,12 @@ impl Server {
                 .max_requests
                 .map(|m| m.max(1) + u64::from(std::process::id()) % (m / 10 + 1)),
         };
-        let served: Vec<(&ListenerRt, &TcpListener)> = self
-            .listeners
-            .iter()
-            .map(|l| sockets.get(l.socket).map(|s| (l, *s)))
-            .collect::<Option<_>>()
-            .ok_or(RunError::Threads(std::io::Error::other(
-                "fewer sockets than listeners",
-            )))?;
+        let tls = self.listeners.iter().map(|l| (l.socket, Kind::Tls(l)));
+        let redirects = self.redirects.iter().map(|(i, r)| (*i, Kind::Redirect(r)));
+        let served: Vec<Served<'_>> = tls
+            .chain(redirects)
+            .filter_map(|(i, kind)| sockets.get(i).map(|&socket| Served { kind, socket }))
+            .collect();
         thread::scope(|scope| {
             let shared = &shared;
             let parker = thread::Builder::new()
@@ -165,7 +219,9 @@ impl Server {
                 .spawn_scoped(scope, move || {
                     shared
                         .parking
-                        .run_parker(env.stop_fd, &|| shared.stop_requested())
+                        .run_parker(env.stop_fd, &|| shared.stop_requested(), &|| {
+                            shared.activity.connection_closed()
+                        })
                 });
             if let Err(e) = parker {
                 return Err(RunError::Threads(e));

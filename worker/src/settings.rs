@@ -7,6 +7,8 @@ pub struct Settings {
     /// Threads per worker; each serves every listener.
     pub threads: usize,
     pub listeners: Vec<ListenerSettings>,
+    /// Plain-HTTP listeners that redirect every request to https (`http-to-https`).
+    pub redirects: Vec<RedirectSettings>,
     /// Empty: the built-in responder answers.
     pub backends: Vec<BackendAddr>,
     pub timeouts: Timeouts,
@@ -52,6 +54,15 @@ pub struct ListenerSettings {
     pub tls: TlsSettings,
     /// Pass the client certificate (PEM and DER) to the backend.
     pub export_cert: bool,
+}
+
+/// One `http-to-https` listener: which bound socket, and the port the https URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedirectSettings {
+    /// Index into the listeners the master bound.
+    pub socket: usize,
+    /// Written into `Location` unless it is 443.
+    pub https_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
