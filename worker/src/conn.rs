@@ -161,7 +161,7 @@ impl<'a, 's> Conn<'a, 's> {
             t.headers
         };
         let budget = LINGER.min(idle).saturating_sub(held_since.elapsed());
-        if budget.is_zero() || !self.shared.parking.may_linger() {
+        if budget.is_zero() || !self.shared.parking.may_linger(self.shared.settings.threads) {
             return false;
         }
         let timeout = PollTimeout::try_from(budget).unwrap_or(PollTimeout::ZERO);

@@ -112,9 +112,15 @@ impl Parking {
         }
     }
 
-    /// Whether a thread may keep its idle connection a little longer: only while other
-    /// threads are free to take new and parked connections, so nobody starves.
-    pub fn may_linger(&self) -> bool {
+    /// Whether a thread may keep its idle connection a little longer. With no more open
+    /// connections than threads, every connection can have a thread: yes. With more, only
+    /// while nothing waits for a thread and another thread is free for new work, so nobody
+    /// starves behind lingering threads.
+    pub fn may_linger(&self, threads: usize) -> bool {
+        let open = self.active.load(Ordering::Relaxed) + self.parked.load(Ordering::Relaxed);
+        if open <= threads {
+            return true;
+        }
         self.ready.is_empty() && self.idle_threads.load(Ordering::Relaxed) > 0
     }
 
