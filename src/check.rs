@@ -39,6 +39,12 @@ pub fn run(sources: &Sources) -> Result<String> {
                 .unwrap_or_default(),
         ));
     }
+    for r in &worker.redirects {
+        out.push_str(&format!(
+            "http-to-https {}: 301 to https port {}\n",
+            restart.sockets[r.socket], r.https_port
+        ));
+    }
     worker::Server::build(worker.clone(), &restart.sockets)?;
     if worker.backends.is_empty() {
         out.push_str("http-to: none (built-in responder)\n");

@@ -1,10 +1,13 @@
-//! Configuration: reading every source (TOML files, command-line flags), merging them in
-//! order, and converting the result into the master's and the worker's settings.
+//! Configuration: reading every source (TOML files, uWSGI ini files, command-line flags),
+//! merging them in order, and converting the result into the master's and the worker's
+//! settings.
 
 mod de;
 mod https;
 mod raw;
+mod text;
 mod tls;
+mod uwsgi_options;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -14,8 +17,13 @@ use anyhow::{bail, Context, Result};
 
 pub use raw::RawConfig;
 use raw::{HttpsValue, OneOrMany};
+pub use text::{flag_takes_value, Setting};
+pub use uwsgi_options::short_option;
 
-use worker::{BackendAddr, ListenerSettings, Timeouts, TlsSettings, TlsVersion, VerifyClient};
+use worker::{
+    BackendAddr, ListenerSettings, RedirectSettings, Timeouts, TlsSettings, TlsVersion,
+    VerifyClient,
+};
 
 /// `TCP_DEFER_ACCEPT`: a connection that sends nothing in this many seconds never wakes a
 /// worker thread.
@@ -24,10 +32,49 @@ const DEFER_ACCEPT_SECS: u32 = 10;
 /// Where the configuration comes from, in the order applied (later wins). Re-read on SIGHUP.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
-    pub files: Vec<PathBuf>,
-    /// Keys given on the command line, already typed; paths relative to `cwd`.
-    pub flags: Option<RawConfig>,
+    pub files: Vec<SourceFile>,
+    /// Options given on the command line, in order; applied after every file, paths
+    /// relative to `cwd`.
+    pub flags: Vec<Setting>,
     pub cwd: PathBuf,
+}
+
+/// One configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceFile {
+    Toml(PathBuf),
+    /// A section of a uWSGI ini file (`uwsgi` unless `--ini file.ini:section`).
+    Ini {
+        path: PathBuf,
+        section: String,
+    },
+}
+
+impl SourceFile {
+    /// `--ini file.ini` or `--ini file.ini:section`: a path that exists as written is taken
+    /// whole, otherwise the part after its last `:` names the section (as uWSGI does).
+    pub fn ini(spec: &str) -> SourceFile {
+        if !Path::new(spec).exists() {
+            if let Some((path, section)) = spec.rsplit_once(':') {
+                if !path.is_empty() && !section.is_empty() && !section.contains('/') {
+                    return SourceFile::Ini {
+                        path: path.into(),
+                        section: section.to_string(),
+                    };
+                }
+            }
+        }
+        SourceFile::Ini {
+            path: spec.into(),
+            section: "uwsgi".to_string(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            SourceFile::Toml(p) | SourceFile::Ini { path: p, .. } => p,
+        }
+    }
 }
 
 /// A complete, validated configuration.
@@ -38,64 +85,118 @@ pub struct Config {
     pub log_level: Option<log::LevelFilter>,
 }
 
+/// Why one source could not be read.
+enum SourceError {
+    /// Options refused (unsupported, unknown, bad value): collected from every source into
+    /// one error, so an operator sees all of them at once.
+    Refused(String),
+    Other(anyhow::Error),
+}
+
 impl Sources {
     /// Read and merge every source.
     pub fn load(&self) -> Result<Config> {
         let mut merged = RawConfig::default();
+        let mut refused = Vec::new();
         for file in &self.files {
-            merged.merge(read_toml(&self.cwd.join(file))?);
+            let read = match file {
+                SourceFile::Toml(path) => read_toml(&self.cwd.join(path)),
+                SourceFile::Ini { path, section } => read_ini(&self.cwd.join(path), section),
+            };
+            match read {
+                Ok(raw) => merged.merge(raw),
+                Err(SourceError::Refused(msg)) => refused.push(msg),
+                Err(SourceError::Other(e)) => return Err(e),
+            }
         }
-        if let Some(flags) = &self.flags {
-            let mut flags = flags.clone();
-            flags
-                .resolve_paths(&self.cwd)
-                .map_err(anyhow::Error::msg)
-                .context("command line")?;
-            merged.merge(flags);
+        if !self.flags.is_empty() {
+            match text::to_raw(&self.flags) {
+                Ok(mut flags) => {
+                    flags
+                        .resolve_paths(&self.cwd)
+                        .map_err(anyhow::Error::msg)
+                        .context("command line")?;
+                    merged.merge(flags);
+                }
+                Err(lines) => refused.push(refusal("command line", &lines)),
+            }
+        }
+        if !refused.is_empty() {
+            bail!("{}", refused.join("\n"));
         }
         let origin = match self.files.last() {
-            Some(f) => f.display().to_string(),
+            Some(f) => f.path().display().to_string(),
             None => "command line".to_string(),
         };
         convert(merged).with_context(|| origin)
     }
 }
 
-fn read_toml(path: &Path) -> Result<RawConfig> {
+/// One source's refused options, one per line under a heading naming the source.
+fn refusal(origin: &str, lines: &[String]) -> String {
+    let mut msg = format!(
+        "{origin}: {} option{} refused (see README, \"Migrating from uWSGI\"):",
+        lines.len(),
+        if lines.len() == 1 { "" } else { "s" }
+    );
+    for line in lines {
+        msg.push_str("\n  ");
+        msg.push_str(line);
+    }
+    msg
+}
+
+/// The folder relative paths in a file are resolved against.
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn read_toml(path: &Path) -> Result<RawConfig, SourceError> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
+        .with_context(|| format!("cannot read config file {}", path.display()))
+        .map_err(SourceError::Other)?;
     worker::warn_if_world_writable(path);
+    // Name every key we do not have (and what uWSGI feature it is) before serde stops at
+    // the first one.
+    if let Ok(table) = text.parse::<toml::Table>() {
+        let lines: Vec<String> = table
+            .keys()
+            .filter(|k| raw::key_kind(k).is_none())
+            .map(|k| format!("{k}: {}", text::refusal(k)))
+            .collect();
+        if !lines.is_empty() {
+            return Err(SourceError::Refused(refusal(
+                &path.display().to_string(),
+                &lines,
+            )));
+        }
+    }
     let mut raw: RawConfig = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let base = if base.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        base
-    };
-    raw.resolve_paths(base)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| SourceError::Other(anyhow::anyhow!("{}: {}", path.display(), e.message())))?;
+    raw.resolve_paths(folder_of(path))
+        .map_err(|e| SourceError::Other(anyhow::anyhow!("{}: {e}", path.display())))?;
     Ok(raw)
 }
 
-/// Keys the SPEC names that this version does not implement yet: an error, never silently
-/// ignored (an operator who sets `harakiri` relies on it).
-fn reject_unimplemented(raw: &RawConfig) -> Result<()> {
-    let mut missing = Vec::new();
-    let checks: [(&str, bool); 1] = [("access-log", raw.access_log == Some(true))];
-    for (key, set) in checks {
-        if set {
-            missing.push(key);
-        }
-    }
-    if !missing.is_empty() {
-        bail!("not implemented in this version: {}", missing.join(", "));
-    }
-    Ok(())
+/// A uWSGI ini section: relative paths are resolved against the ini file's folder.
+fn read_ini(path: &Path, section: &str) -> Result<RawConfig, SourceError> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read ini file {}", path.display()))
+        .map_err(SourceError::Other)?;
+    worker::warn_if_world_writable(path);
+    let settings = text::parse_ini(&text, section, path)
+        .map_err(|e| SourceError::Other(anyhow::anyhow!("{}: {e}", path.display())))?;
+    let mut raw = text::to_raw(&settings)
+        .map_err(|lines| SourceError::Refused(refusal(&path.display().to_string(), &lines)))?;
+    raw.resolve_paths(folder_of(path))
+        .map_err(|e| SourceError::Other(anyhow::anyhow!("{}: {e}", path.display())))?;
+    Ok(raw)
 }
 
 fn convert(raw: RawConfig) -> Result<Config> {
-    reject_unimplemented(&raw)?;
     let mut sockets: Vec<SocketAddr> = raw
         .shared_socket
         .clone()
@@ -199,6 +300,7 @@ fn convert(raw: RawConfig) -> Result<Config> {
     if listeners.is_empty() {
         bail!("no https entry: nothing to serve (set https = [\"127.0.0.1:8443,server.crt,server.key\"])");
     }
+    let redirects = redirect_listeners(&raw, &mut sockets, shared_count, &listeners)?;
     let backends = raw
         .http_to
         .clone()
@@ -260,6 +362,7 @@ fn convert(raw: RawConfig) -> Result<Config> {
     let worker = worker::Settings {
         threads,
         listeners,
+        redirects,
         backends,
         timeouts: Timeouts {
             handshake: secs(raw.handshake_timeout, 10),
@@ -272,12 +375,57 @@ fn convert(raw: RawConfig) -> Result<Config> {
         max_body: raw.max_body,
         chunked_input_limit: raw.chunked_input_limit.unwrap_or(1 << 20),
         max_requests: raw.max_requests.filter(|&m| m > 0),
+        access_log: raw.access_log.unwrap_or(false),
     };
     Ok(Config {
         plan,
         worker,
         log_level,
     })
+}
+
+/// `http-to-https` entries (an address, or `=N`: the N-th shared socket): plain-HTTP
+/// listeners that redirect to the port of the first https listener.
+fn redirect_listeners(
+    raw: &RawConfig,
+    sockets: &mut Vec<SocketAddr>,
+    shared_count: usize,
+    listeners: &[ListenerSettings],
+) -> Result<Vec<RedirectSettings>> {
+    let https_port = sockets[listeners[0].socket].port();
+    let mut redirects: Vec<RedirectSettings> = Vec::new();
+    for spec in raw
+        .http_to_https
+        .clone()
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default()
+    {
+        let socket = match spec.strip_prefix('=') {
+            Some(n) => match n.parse::<usize>() {
+                Ok(n) if n < shared_count => n,
+                _ => bail!(
+                    "http-to-https {spec:?}: no such shared socket ({shared_count} shared-socket entries)"
+                ),
+            },
+            None => {
+                let addr = parse_addr(&spec).with_context(|| format!("http-to-https {spec:?}"))?;
+                match sockets.iter().position(|s| *s == addr) {
+                    Some(n) => n,
+                    None => {
+                        sockets.push(addr);
+                        sockets.len() - 1
+                    }
+                }
+            }
+        };
+        if listeners.iter().any(|l| l.socket == socket) {
+            bail!("http-to-https {spec:?}: that socket already serves https");
+        }
+        if !redirects.iter().any(|r| r.socket == socket) {
+            redirects.push(RedirectSettings { socket, https_port });
+        }
+    }
+    Ok(redirects)
 }
 
 /// `1.2.3.4:443`, `[::]:443`, `:443` (all IPv4 interfaces, as uWSGI), or `localhost:443`.
@@ -294,13 +442,24 @@ fn parse_addr(s: &str) -> Result<SocketAddr> {
         .context("resolves to no address")
 }
 
-/// `/path.sock` or `unix:/path` (uwsgi over a unix socket), `host:port` (uwsgi over TCP).
+/// `/path.sock` or `unix:/path` (uwsgi over a unix socket), `host:port` (uwsgi over TCP),
+/// `http://host:port` and `http+unix:/path` (plain HTTP/1.1).
 fn parse_backend(t: &str) -> Result<BackendAddr> {
+    if let Some(path) = t.strip_prefix("http+unix:") {
+        return Ok(BackendAddr::HttpUnix(path.into()));
+    }
+    if let Some(rest) = t.strip_prefix("http://") {
+        let hostport = rest.trim_end_matches('/');
+        if hostport.contains('/') || !hostport.contains(':') {
+            bail!("http-to {t:?}: expected http://host:port (no path)");
+        }
+        return Ok(BackendAddr::HttpTcp(hostport.to_string()));
+    }
     if let Some(path) = t.strip_prefix("unix:") {
         return Ok(BackendAddr::UwsgiUnix(path.into()));
     }
-    if t.contains("://") || t.starts_with("http+unix:") {
-        bail!("http-to {t:?}: HTTP backends are not implemented in this version; use the uwsgi protocol");
+    if t.contains("://") {
+        bail!("http-to {t:?}: only http:// URLs are supported (TLS to backends is not)");
     }
     if is_unix_path(t) {
         return Ok(BackendAddr::UwsgiUnix(t.into()));
@@ -326,7 +485,7 @@ mod tests {
         let path = dir.path().join("app.toml");
         std::fs::write(&path, text)?;
         Sources {
-            files: vec![path],
+            files: vec![SourceFile::Toml(path)],
             ..Default::default()
         }
         .load()
@@ -403,8 +562,122 @@ min-version = "1.3"
         assert!(format!("{err:#}").contains("app.toml"), "{err:#}");
         let err = load_str("https = [\"=3,a.crt,a.key\"]\n").expect_err("no such socket");
         assert!(format!("{err:#}").contains("=3"), "{err:#}");
-        let err = load_str("https = [\"127.0.0.1:1,a,b\"]\naccess-log = true\n")
-            .expect_err("unimplemented");
-        assert!(format!("{err:#}").contains("access-log"), "{err:#}");
+    }
+
+    #[test]
+    fn ini_toml_and_flags_merge_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = dir.path().join("app.toml");
+        std::fs::write(&toml, "processes = 2\nthreads = 4\nhttp-to = \"a.sock\"\n").expect("w");
+        let sub = dir.path().join("site");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let ini = sub.join("app.ini");
+        std::fs::write(
+            &ini,
+            "[uwsgi]\nmaster = true\nshared-socket = 127.0.0.1:9443\nhttps = =0,foobar.crt,foobar.key,HIGH,!ca.crt\nthreads = 8\nhttp-to-https = 127.0.0.1:9080\n",
+        )
+        .expect("w");
+        let c = Sources {
+            files: vec![
+                SourceFile::Toml(toml),
+                SourceFile::ini(&ini.display().to_string()),
+            ],
+            flags: vec![Setting::flag("processes", Some("3"))],
+            cwd: dir.path().to_path_buf(),
+        }
+        .load()
+        .expect("valid");
+        assert_eq!(c.plan.runtime.processes, 3, "the flag wins");
+        assert_eq!(c.worker.threads, 8, "the later file wins");
+        let tls = &c.worker.listeners[0].tls;
+        assert_eq!(
+            tls.cert,
+            sub.join("foobar.crt"),
+            "relative to the ini's folder"
+        );
+        assert_eq!(tls.client_ca.as_deref(), Some(sub.join("ca.crt").as_path()));
+        assert_eq!(tls.verify_client, VerifyClient::Required);
+        assert_eq!(
+            c.worker.backends,
+            [BackendAddr::UwsgiUnix(dir.path().join("a.sock"))]
+        );
+        assert_eq!(
+            c.plan.restart.sockets,
+            [
+                "127.0.0.1:9443".parse().expect("a"),
+                "127.0.0.1:9080".parse().expect("a")
+            ]
+        );
+        assert_eq!(
+            c.worker.redirects,
+            [RedirectSettings {
+                socket: 1,
+                https_port: 9443
+            }]
+        );
+    }
+
+    #[test]
+    fn every_refused_option_of_every_source_in_one_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ini = dir.path().join("app.ini");
+        std::fs::write(
+            &ini,
+            "[uwsgi]\nwsgi-file = app.py\nharakiri-verbose = true\nhttps = 127.0.0.1:1,a,b\n",
+        )
+        .expect("w");
+        let toml = dir.path().join("app.toml");
+        std::fs::write(&toml, "vacuum = true\nnonsense = 1\n").expect("w");
+        let err = Sources {
+            files: vec![
+                SourceFile::ini(&ini.display().to_string()),
+                SourceFile::Toml(toml),
+            ],
+            flags: vec![Setting::flag("module", Some("app:app"))],
+            cwd: dir.path().to_path_buf(),
+        }
+        .load()
+        .expect_err("refused");
+        let msg = format!("{err:#}");
+        for needle in [
+            "app.ini: 2 options refused",
+            "wsgi-file (line 2): not supported: uWSGI's Python application server",
+            "harakiri-verbose (line 3): not supported",
+            "app.toml: 2 options refused",
+            "vacuum: not supported",
+            "nonsense: unknown option",
+            "command line: 1 option refused",
+            "--module: not supported",
+        ] {
+            assert!(msg.contains(needle), "{needle:?} not in:\n{msg}");
+        }
+    }
+
+    #[test]
+    fn http_to_https_errors() {
+        let err =
+            load_str("https = [\"127.0.0.1:9443,a,b\"]\nhttp-to-https = \"127.0.0.1:9443\"\n")
+                .expect_err("same socket");
+        assert!(
+            format!("{err:#}").contains("already serves https"),
+            "{err:#}"
+        );
+        let err = load_str("https = [\"127.0.0.1:9443,a,b\"]\nhttp-to-https = \"=0\"\n")
+            .expect_err("no shared socket");
+        assert!(
+            format!("{err:#}").contains("no such shared socket"),
+            "{err:#}"
+        );
+        let c = load_str(
+            "shared-socket = [\"127.0.0.1:443\", \"127.0.0.1:80\"]\nhttps = \"=0,a,b\"\nhttp-to-https = [\"=1\", \"127.0.0.1:80\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.worker.redirects,
+            [RedirectSettings {
+                socket: 1,
+                https_port: 443
+            }]
+        );
     }
 }

@@ -51,6 +51,59 @@ pub enum HttpsValue {
     Table(HttpsTable),
 }
 
+/// What a key takes, for the sources written as text (command line, ini): they are typed
+/// by the key before serde sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// A switch: `--master`, `master = true`.
+    Bool,
+    Int,
+    Str,
+    /// Repeatable: each occurrence adds an item.
+    List,
+}
+
+trait Kind {
+    const KIND: ValueKind;
+}
+
+macro_rules! kinds {
+    ($($ty:ty => $kind:ident),* $(,)?) => {
+        $(impl Kind for $ty { const KIND: ValueKind = ValueKind::$kind; })*
+    };
+}
+
+kinds! {
+    bool => Bool,
+    usize => Int,
+    u64 => Int,
+    u32 => Int,
+    i32 => Int,
+    String => Str,
+    PathBuf => Str,
+    NameOrId => Str,
+}
+
+impl<T> Kind for OneOrMany<T> {
+    const KIND: ValueKind = ValueKind::List;
+}
+
+/// Other names a key answers to (serde aliases), and the key they stand for.
+const ALIASES: &[(&str, &str)] = &[("workers", "processes")];
+
+/// The key `name` stands for (kebab-case, aliases resolved) and its kind, or None when no
+/// such key exists.
+pub fn key_kind(name: &str) -> Option<(String, ValueKind)> {
+    let name = ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, key)| key);
+    RawConfig::FIELDS
+        .iter()
+        .map(|(field, kind)| (field.replace('_', "-"), *kind))
+        .find(|(key, _)| key == name)
+}
+
 macro_rules! raw_config {
     ($($(#[$doc:meta])* $field:ident: $ty:ty,)*) => {
         #[derive(Debug, Clone, Default, Deserialize)]
@@ -64,6 +117,11 @@ macro_rules! raw_config {
             pub fn merge(&mut self, later: RawConfig) {
                 $(if later.$field.is_some() { self.$field = later.$field; })*
             }
+
+            /// Every key and the kind of value it takes, as written (`snake_case` field
+            /// names; the keys are their kebab-case forms).
+            const FIELDS: &'static [(&'static str, ValueKind)] =
+                &[$((stringify!($field), <$ty as Kind>::KIND),)*];
         }
     };
 }
@@ -79,6 +137,8 @@ raw_config! {
     gid: NameOrId,
     https: OneOrMany<HttpsValue>,
     http_to: OneOrMany<String>,
+    /// Plain-HTTP listeners that redirect every request to the https URL.
+    http_to_https: OneOrMany<String>,
     listen: i32,
     pidfile: PathBuf,
     reload_mercy: u64,
@@ -153,8 +213,10 @@ impl RawConfig {
 
 /// Unix socket paths in `http-to` are relative to `base` too.
 fn resolve_backend(target: &str, base: &Path) -> String {
-    if let Some(path) = target.strip_prefix("unix:") {
-        return format!("unix:{}", base.join(path).display());
+    for scheme in ["unix:", "http+unix:"] {
+        if let Some(path) = target.strip_prefix(scheme) {
+            return format!("{scheme}{}", base.join(path).display());
+        }
     }
     if super::is_unix_path(target) {
         return base.join(target).display().to_string();

@@ -3,13 +3,17 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use openssl::ssl::SslStream;
 
+use crate::backend::pool::Pool;
 use crate::http::chunked::{Decoder, Step};
 use crate::http::errors::Status;
 use crate::http::request::{self, BodyFraming, RequestHead};
+use crate::park::Parked;
 use crate::server::{ListenerRt, Shared};
 use crate::session::ConnInfo;
 use crate::{proxy, responder};
@@ -17,7 +21,10 @@ use crate::{proxy, responder};
 /// How much we read from a socket at once.
 pub const READ_CHUNK: usize = 16 * 1024;
 
-/// Why a connection ends early.
+/// Longest a thread keeps one connection (waiting for its next request) before parking it.
+const LINGER: Duration = Duration::from_millis(20);
+
+/// Why a request ends early.
 #[derive(Debug)]
 pub enum End {
     /// The client went away, timed out or broke the protocol: close without an answer.
@@ -26,34 +33,64 @@ pub enum End {
     Answer(Status),
 }
 
-/// What reading a request body toward a sink can fail on.
+/// What copying a request body toward a sink can fail on.
+#[derive(Debug)]
 pub enum CopyError {
     Client,
     Sink,
+    /// Bad chunked framing from the client.
+    Framing,
+    TooLarge,
 }
 
-pub struct Conn<'a> {
+/// An answered request.
+pub struct Answered {
+    /// The connection may serve another request.
+    pub keep_alive: bool,
+    pub status: u16,
+    pub bytes: u64,
+}
+
+/// What one serving thread owns and reuses across its connections.
+#[derive(Default)]
+pub struct ThreadState {
+    pub index: usize,
+    pub scratch: Vec<u8>,
+    pub pool: Pool,
+}
+
+pub struct Conn<'a, 's> {
     pub tls: SslStream<TcpStream>,
-    pub shared: &'a Shared<'a>,
-    pub listener: &'a ListenerRt,
+    pub shared: &'s Shared<'s>,
+    pub listener: &'s ListenerRt,
     pub info: ConnInfo,
     /// Bytes from the client not yet consumed (the next head, pipelined requests).
     pub buf: Vec<u8>,
-    /// A buffer owned by the serving thread, reused across connections.
-    pub scratch: &'a mut Vec<u8>,
+    pub local: &'a mut ThreadState,
     read_timeout: Option<Duration>,
-    /// Index of the serving thread (its scoreboard entry).
-    thread: usize,
+    /// A request was read on this connection already (then keep-alive timing applies).
+    served_any: bool,
 }
 
-impl<'a> Conn<'a> {
+impl<'a, 's> Conn<'a, 's> {
     pub fn new(
         tls: SslStream<TcpStream>,
-        shared: &'a Shared<'a>,
-        listener: &'a ListenerRt,
+        shared: &'s Shared<'s>,
+        listener: &'s ListenerRt,
         info: ConnInfo,
-        scratch: &'a mut Vec<u8>,
-        thread: usize,
+        local: &'a mut ThreadState,
+    ) -> Self {
+        Self::resume(tls, shared, listener, info, local, false)
+    }
+
+    /// A connection that served `served_any` requests before it was parked.
+    pub fn resume(
+        tls: SslStream<TcpStream>,
+        shared: &'s Shared<'s>,
+        listener: &'s ListenerRt,
+        info: ConnInfo,
+        local: &'a mut ThreadState,
+        served_any: bool,
     ) -> Self {
         Self {
             tls,
@@ -61,26 +98,37 @@ impl<'a> Conn<'a> {
             listener,
             info,
             buf: Vec::with_capacity(READ_CHUNK),
-            scratch,
+            local,
             read_timeout: None,
-            thread,
+            served_any,
         }
     }
 
-    /// Serve requests until the connection ends.
-    pub fn serve(&mut self) {
+    /// Serve requests until the connection ends (None) or waits for a request with nothing
+    /// arrived (Some: park it). `due`: the parker saw the next request arrive, read it now.
+    pub fn serve(mut self, mut due: bool) -> Option<Parked> {
         let _ = self
             .tls
             .get_ref()
             .set_write_timeout(Some(self.shared.settings.timeouts.backend));
-        let mut first = true;
+        let held_since = Instant::now();
         loop {
+            if !due && self.is_idle() && !self.linger(held_since) {
+                return Some(self.into_parked());
+            }
+            due = false;
+            let first = !self.served_any;
+            self.served_any = true;
             let outcome = match self.read_head(first) {
                 Ok(Some(len)) => self.handle_head(len),
                 Ok(None) => Err(End::Client),
-                Err(end) => Err(end),
+                Err(end) => {
+                    if let End::Answer(status) = &end {
+                        self.access_log_line(None, status.code(), 0, Instant::now());
+                    }
+                    Err(end)
+                }
             };
-            first = false;
             match outcome {
                 Ok(true) => continue,
                 Ok(false) | Err(End::Client) => break,
@@ -92,51 +140,134 @@ impl<'a> Conn<'a> {
         }
         // close_notify, best effort: the peer may be gone already.
         let _ = self.tls.shutdown();
+        None
+    }
+
+    /// Nothing of a next request has arrived: neither raw bytes we hold nor decrypted bytes
+    /// OpenSSL holds (read-ahead is off, so it holds no undecrypted ones).
+    fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.tls.ssl().pending() == 0
+    }
+
+    /// Wait briefly on this idle connection before parking it: a client that sends its next
+    /// request at once is served without the round trip through the parker. Lingering is
+    /// bounded per hold, and only happens while other threads are free for new and parked
+    /// connections.
+    fn linger(&self, held_since: Instant) -> bool {
+        let t = self.shared.settings.timeouts;
+        let idle = if self.served_any {
+            t.keepalive
+        } else {
+            t.headers
+        };
+        let budget = LINGER.min(idle).saturating_sub(held_since.elapsed());
+        if budget.is_zero() || !self.shared.parking.may_linger(self.shared.settings.threads) {
+            return false;
+        }
+        let timeout = PollTimeout::try_from(budget).unwrap_or(PollTimeout::ZERO);
+        let mut fds = [PollFd::new(self.tls.get_ref().as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
+    }
+
+    fn into_parked(self) -> Parked {
+        let t = self.shared.settings.timeouts;
+        // The first request gets the head timeout, later ones the keep-alive time.
+        let idle = if self.served_any {
+            t.keepalive
+        } else {
+            t.headers
+        };
+        Parked {
+            idle_until: Instant::now() + idle,
+            tls: self.tls,
+            info: self.info,
+            listener: self.listener.index,
+            served_any: self.served_any,
+        }
     }
 
     /// Parse and answer one request whose head is `self.buf[..len]`. Ok(true): keep going.
     fn handle_head(&mut self, len: usize) -> Result<bool, End> {
-        let head = request::parse(&self.buf[..len]).map_err(|e| {
-            log::debug!("{}: {}", self.info.peer, e.reason);
-            End::Answer(e.status)
-        })?;
-        self.buf.drain(..len);
-        self.shared.activity.request_started(self.thread);
-        let result = self.answer(&head);
-        let sent = match &result {
-            Ok((_, bytes)) => *bytes,
-            Err(_) => 0,
+        let started = Instant::now();
+        let head = match request::parse(&self.buf[..len]) {
+            Ok(head) => head,
+            Err(e) => {
+                log::debug!("{}: {}", self.info.peer, e.reason);
+                self.access_log_line(None, e.status.code(), 0, started);
+                return Err(End::Answer(e.status));
+            }
         };
-        self.shared.request_done(self.thread, sent);
-        result.map(|(keep, _)| keep)
+        self.buf.drain(..len);
+        let thread = self.local.index;
+        self.shared.activity.request_started(thread);
+        let result = self.answer(&head);
+        let (status, bytes) = match &result {
+            Ok(a) => (a.status, a.bytes),
+            Err(End::Answer(s)) => (s.code(), 0),
+            // The client went away before its answer was complete (nginx's 499).
+            Err(End::Client) => (499, 0),
+        };
+        self.shared.request_done(thread, bytes);
+        self.access_log_line(Some(&head), status, bytes, started);
+        result.map(|a| a.keep_alive)
     }
 
-    /// Answer one request: Ok((keep going, bytes sent)).
-    fn answer(&mut self, head: &RequestHead) -> Result<(bool, u64), End> {
-        let settings = &self.shared.settings;
+    /// Answer one request.
+    fn answer(&mut self, head: &RequestHead) -> Result<Answered, End> {
+        let shared = self.shared;
+        let settings = &shared.settings;
         if let (BodyFraming::Length(n), Some(max)) = (head.body, settings.max_body) {
             if n > max {
                 return Err(End::Answer(Status::PayloadTooLarge));
             }
         }
-        let keep_alive = head.keep_alive
-            && !settings.timeouts.keepalive.is_zero()
-            && !self.shared.stop_requested();
-        if self.shared.backends.is_empty() {
+        let keep_alive =
+            head.keep_alive && !settings.timeouts.keepalive.is_zero() && !shared.stop_requested();
+        if shared.backends.is_empty() {
             self.discard_body(head)?;
             let answer = responder::response(head, &self.info, keep_alive);
             self.tls.write_all(&answer).map_err(|_| End::Client)?;
-            return Ok((keep_alive, answer.len() as u64));
+            return Ok(Answered {
+                keep_alive,
+                status: 200,
+                bytes: answer.len() as u64,
+            });
         }
         proxy::forward(self, head, keep_alive)
     }
 
+    fn access_log_line(
+        &self,
+        head: Option<&RequestHead>,
+        status: u16,
+        bytes: u64,
+        started: Instant,
+    ) {
+        if !self.shared.settings.access_log {
+            return;
+        }
+        let (method, target, proto) = head.map_or(("-", "-", "-"), |h| {
+            (h.method.as_str(), h.target.as_str(), h.protocol())
+        });
+        log::info!(
+            target: "access",
+            "{} \"{method} {target} {proto}\" {status} {bytes} {:.3}s {} {} \"{}\"",
+            self.info.peer,
+            started.elapsed().as_secs_f64(),
+            self.info.tls_version,
+            self.info.cipher,
+            self.info.client_dn.as_deref().unwrap_or("-"),
+        );
+    }
+
     /// Wait for a complete request head. Ok(None): the client closed or stayed idle past its
-    /// timeout between requests (a normal end).
+    /// timeout between requests (a normal end). Once a head has begun it must be complete
+    /// within `http-headers-timeout` in total, however slowly its bytes trickle in.
     fn read_head(&mut self, first: bool) -> Result<Option<usize>, End> {
         let t = self.shared.settings.timeouts;
         let max = self.shared.settings.buffer_size;
         let mut scanned = 0;
+        let mut deadline = (first || !self.buf.is_empty()).then(|| Instant::now() + t.headers);
         loop {
             match request::find_head_end(&self.buf, &mut scanned) {
                 Ok(Some(end)) if end <= max => return Ok(Some(end)),
@@ -147,16 +278,19 @@ impl<'a> Conn<'a> {
                 Ok(None) => {}
                 Err(e) => return Err(End::Answer(e.status)),
             }
-            // Idle between requests: the keep-alive timeout; once a head has begun, or for
-            // the first request, the head timeout.
-            let timeout = if self.buf.is_empty() && !first {
-                t.keepalive
-            } else {
-                t.headers
+            let timeout = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                // Idle between requests.
+                None => t.keepalive,
             };
+            if timeout.is_zero() {
+                return Err(End::Answer(Status::RequestTimeout));
+            }
             match self.read_more(timeout) {
                 Ok(0) => return Ok(None),
-                Ok(_) => {}
+                Ok(_) => {
+                    deadline.get_or_insert_with(|| Instant::now() + t.headers);
+                }
                 Err(e) if is_timeout(&e) && self.buf.is_empty() => return Ok(None),
                 Err(e) if is_timeout(&e) => return Err(End::Answer(Status::RequestTimeout)),
                 Err(_) => return Ok(None),
@@ -200,58 +334,70 @@ impl<'a> Conn<'a> {
         }
         self.set_read_timeout(timeout)
             .map_err(|_| CopyError::Client)?;
-        self.scratch.resize(READ_CHUNK * 4, 0);
+        let scratch = &mut self.local.scratch;
+        scratch.resize(READ_CHUNK * 4, 0);
         while left > 0 {
-            let want = (left.min(self.scratch.len() as u64)) as usize;
-            let n = match self.tls.read(&mut self.scratch[..want]) {
+            let want = (left.min(scratch.len() as u64)) as usize;
+            let n = match self.tls.read(&mut scratch[..want]) {
                 Ok(0) | Err(_) => return Err(CopyError::Client),
                 Ok(n) => n,
             };
-            sink.write_all(&self.scratch[..n])
-                .map_err(|_| CopyError::Sink)?;
+            sink.write_all(&scratch[..n]).map_err(|_| CopyError::Sink)?;
             left -= n as u64;
         }
         Ok(())
     }
 
-    /// Read a whole chunked body (uwsgi backends need its length up front), up to `limit`.
-    pub fn read_chunked(&mut self, limit: u64) -> Result<Vec<u8>, End> {
+    /// Decode a chunked body, handing each piece of data to `sink` as it arrives; at most
+    /// `limit` bytes of data. Memory stays bounded by one read.
+    pub fn copy_chunked(
+        &mut self,
+        limit: u64,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<u64, CopyError> {
         let timeout = self.shared.settings.timeouts.backend;
         let mut decoder = Decoder::new();
-        let mut body = Vec::new();
+        let mut total = 0u64;
         loop {
             let mut pos = 0;
-            let mut need_more = false;
             while !decoder.is_done() {
                 let (n, step) = decoder
                     .step(&self.buf[pos..])
-                    .map_err(|_| End::Answer(Status::BadRequest))?;
+                    .map_err(|_| CopyError::Framing)?;
                 pos += n;
                 match step {
                     Step::Data(data) => {
-                        if body.len() as u64 + data.len() as u64 > limit {
-                            return Err(End::Answer(Status::PayloadTooLarge));
+                        total += data.len() as u64;
+                        if total > limit {
+                            return Err(CopyError::TooLarge);
                         }
-                        body.extend_from_slice(data);
+                        sink(data).map_err(|_| CopyError::Sink)?;
                     }
                     Step::Done => break,
-                    Step::Framing if n == 0 => {
-                        need_more = true;
-                        break;
-                    }
+                    Step::Framing if n == 0 => break,
                     Step::Framing => {}
                 }
             }
             self.buf.drain(..pos);
             if decoder.is_done() {
-                return Ok(body);
+                return Ok(total);
             }
-            debug_assert!(need_more);
             match self.read_more(timeout) {
-                Ok(0) | Err(_) => return Err(End::Client),
+                Ok(0) | Err(_) => return Err(CopyError::Client),
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Read a whole chunked body (uwsgi backends need its length up front), up to `limit`.
+    pub fn read_chunked(&mut self, limit: u64) -> Result<Vec<u8>, End> {
+        let mut body = Vec::new();
+        self.copy_chunked(limit, &mut |data| {
+            body.extend_from_slice(data);
+            Ok(())
+        })
+        .map_err(CopyError::into_end)?;
+        Ok(body)
     }
 
     /// Read and drop a request body (the built-in responder ignores it).
@@ -260,12 +406,15 @@ impl<'a> Conn<'a> {
             BodyFraming::None => Ok(()),
             BodyFraming::Length(n) => {
                 self.send_continue(head)?;
-                self.copy_body(n, &mut io::sink()).map_err(|_| End::Client)
+                self.copy_body(n, &mut io::sink())
+                    .map_err(CopyError::into_end)
             }
             BodyFraming::Chunked => {
                 self.send_continue(head)?;
                 let limit = self.shared.settings.max_body.unwrap_or(u64::MAX);
-                self.read_chunked(limit).map(drop)
+                self.copy_chunked(limit, &mut |_| Ok(()))
+                    .map(drop)
+                    .map_err(CopyError::into_end)
             }
         }
     }
@@ -278,6 +427,17 @@ impl<'a> Conn<'a> {
                 .map_err(|_| End::Client)?;
         }
         Ok(())
+    }
+}
+
+impl CopyError {
+    /// The answer a client gets when its body could not be read (the sink is fine).
+    pub fn into_end(self) -> End {
+        match self {
+            CopyError::Client | CopyError::Sink => End::Client,
+            CopyError::Framing => End::Answer(Status::BadRequest),
+            CopyError::TooLarge => End::Answer(Status::PayloadTooLarge),
+        }
     }
 }
 

@@ -1,13 +1,16 @@
 //! The worker side of uwsgi-master: TLS contexts, accept threads, HTTP/1.1 and the uwsgi
 //! backend. It knows nothing of fork or signals beyond a stop flag.
 
+mod accept;
 pub mod backend;
 mod cgi;
 mod conn;
 mod files;
 pub mod http;
+mod park;
 mod proxy;
 mod proxy_protocol;
+mod redirect;
 mod responder;
 mod server;
 mod session;
@@ -20,8 +23,8 @@ mod tls_option;
 pub use files::warn_if_world_writable;
 pub use server::{Activity, BuildError, RunError, Server, WorkerEnv};
 pub use settings::{
-    BackendAddr, CertKey, ListenerSettings, Settings, SniSettings, Timeouts, TlsSettings,
-    TlsVersion, VerifyClient,
+    BackendAddr, CertKey, ListenerSettings, RedirectSettings, Settings, SniSettings, Timeouts,
+    TlsSettings, TlsVersion, VerifyClient,
 };
 pub use tls::{certificate_summary, TlsError};
 pub use tls_option::TlsOption;

@@ -1,10 +1,12 @@
-//! Forwarding one request to a uwsgi backend and streaming its answer back.
+//! Forwarding one request to a backend (uwsgi protocol or HTTP/1.1) and streaming its answer
+//! back.
 
 use std::io::{ErrorKind, Read, Write};
 
-use crate::backend::BackendStream;
+use crate::backend::http::{self as http_backend, BodyFraming as BackendFraming};
+use crate::backend::{BackendStream, Connected};
 use crate::cgi;
-use crate::conn::{is_timeout, Conn, CopyError, End, READ_CHUNK};
+use crate::conn::{is_timeout, Answered, Conn, CopyError, End, READ_CHUNK};
 use crate::http::chunked::{Decoder, Step};
 use crate::http::errors::Status;
 use crate::http::request::{BodyFraming, RequestHead};
@@ -13,15 +15,40 @@ use crate::http::response::{self, BackendBody, ClientBody, ResponseHead};
 /// Largest response head we accept from a backend.
 const MAX_BACKEND_HEAD: usize = 64 * 1024;
 
-/// Forward `head` (its body still to be read from the client). Ok((keep going, bytes sent)).
+/// Forward `head` (its body still to be read from the client).
 pub fn forward(
-    conn: &mut Conn<'_>,
+    conn: &mut Conn<'_, '_>,
     head: &RequestHead,
     keep_alive: bool,
-) -> Result<(bool, u64), End> {
+) -> Result<Answered, End> {
     let shared = conn.shared;
-    let settings = &shared.settings;
-    let timeouts = settings.timeouts;
+    let timeouts = shared.settings.timeouts;
+    let backend = shared
+        .backends
+        .connect(&mut conn.local.pool, timeouts.connect)
+        .map_err(|(e, addr)| {
+            log::warn!("{}: backend {addr} unreachable: {e}", conn.info.peer);
+            End::Answer(Status::BadGateway)
+        })?;
+    backend
+        .stream
+        .set_timeouts(timeouts.backend)
+        .map_err(|_| End::Answer(Status::BadGateway))?;
+    if backend.addr.is_http() {
+        forward_http(conn, head, keep_alive, backend)
+    } else {
+        forward_uwsgi(conn, head, keep_alive, backend)
+    }
+}
+
+/// uwsgi: one request per connection, vars first, and a body of known length.
+fn forward_uwsgi(
+    conn: &mut Conn<'_, '_>,
+    head: &RequestHead,
+    keep_alive: bool,
+    mut backend: Connected<'_>,
+) -> Result<Answered, End> {
+    let settings = &conn.shared.settings;
     let buffered_body = match head.body {
         BodyFraming::Chunked => {
             conn.send_continue(head)?;
@@ -39,139 +66,254 @@ pub fn forward(
     };
     let packet = cgi::request_packet(head, &conn.info, content_length, conn.listener.export_cert)
         .map_err(|_| End::Answer(Status::HeaderFieldsTooLarge))?;
-    let (mut backend, addr) = shared
-        .backends
-        .connect(timeouts.connect)
-        .map_err(|(e, addr)| {
-            log::warn!("{}: backend {addr} unreachable: {e}", conn.info.peer);
-            End::Answer(Status::BadGateway)
-        })?;
-    let addr = addr.to_string();
-    backend
-        .set_timeouts(timeouts.backend)
-        .map_err(|_| End::Answer(Status::BadGateway))?;
-
-    // Send the request. A backend that stops reading early may still have answered (413 and
-    // the like): read its answer anyway, but the client body is then unconsumed: close.
+    // A backend that stops reading early may still have answered (413 and the like): read
+    // its answer anyway, but the client's body is then unconsumed: close after it.
+    let stream = &mut backend.stream;
     let mut body_consumed = true;
-    let mut sent = backend.write_all(&packet).is_ok();
-    if sent {
+    if stream.write_all(&packet).is_err() {
+        body_consumed = head.body == BodyFraming::None;
+    } else {
         match (&buffered_body, head.body) {
-            (Some(b), _) => sent = backend.write_all(b).is_ok(),
+            (Some(b), _) => {
+                let _ = stream.write_all(b);
+            }
             (None, BodyFraming::Length(n)) => {
                 conn.send_continue(head)?;
-                match conn.copy_body(n, &mut backend) {
+                match conn.copy_body(n, stream) {
                     Ok(()) => {}
-                    Err(CopyError::Client) => return Err(End::Client),
-                    Err(CopyError::Sink) => {
-                        sent = false;
-                        body_consumed = false;
-                    }
+                    Err(CopyError::Sink) => body_consumed = false,
+                    Err(e) => return Err(e.into_end()),
                 }
             }
             _ => {}
         }
-    } else {
-        body_consumed = head.body == BodyFraming::None;
     }
-    if !sent {
-        log::debug!(
-            "{}: backend {addr} stopped reading the request",
-            conn.info.peer
-        );
-    }
-
-    let mut rbuf = std::mem::take(conn.scratch);
-    let result = relay_response(
+    let addr = backend.addr.to_string();
+    let (resp, head_len, rbuf) = read_response(conn, head, stream, &addr)?;
+    let (answered, _) = relay(
         conn,
         head,
-        &mut backend,
-        &mut rbuf,
-        &addr,
+        &resp,
+        head_len,
+        stream,
+        rbuf,
         keep_alive && body_consumed,
-    );
-    *conn.scratch = rbuf;
-    result
+    )?;
+    Ok(answered)
 }
 
-/// Read the backend's head, write ours, then stream the body.
-fn relay_response(
-    conn: &mut Conn<'_>,
+/// HTTP/1.1: the body streams in its own framing, and the connection goes back to this
+/// thread's pool when the backend allows it.
+fn forward_http(
+    conn: &mut Conn<'_, '_>,
+    head: &RequestHead,
+    keep_alive: bool,
+    backend: Connected<'_>,
+) -> Result<Answered, End> {
+    let framing = match head.body {
+        BodyFraming::None => BackendFraming::None,
+        BodyFraming::Length(n) => BackendFraming::Length(n),
+        BodyFraming::Chunked => BackendFraming::Chunked,
+    };
+    let request = http_backend::request_head(head, &conn.info, framing);
+    let addr = backend.addr.to_string();
+    let Connected {
+        index,
+        mut stream,
+        reused,
+        ..
+    } = backend;
+    let shared = conn.shared;
+    let fresh = || {
+        shared
+            .backends
+            .reconnect(index, shared.settings.timeouts.connect)
+            .and_then(|s| s.set_timeouts(shared.settings.timeouts.backend).map(|_| s))
+    };
+    let peer = conn.info.peer;
+    let bad_gateway = |e: std::io::Error| {
+        log::warn!("{peer}: backend {addr}: {e}");
+        End::Answer(Status::BadGateway)
+    };
+    if let Err(e) = stream.write_all(&request) {
+        // A pooled connection the backend closed meanwhile: one fresh try.
+        if !reused {
+            return Err(bad_gateway(e));
+        }
+        stream = fresh().map_err(bad_gateway)?;
+        stream.write_all(&request).map_err(bad_gateway)?;
+    }
+    let mut body_consumed = true;
+    match head.body {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            conn.send_continue(head)?;
+            match conn.copy_body(n, &mut stream) {
+                Ok(()) => {}
+                Err(CopyError::Sink) => body_consumed = false,
+                Err(e) => return Err(e.into_end()),
+            }
+        }
+        BodyFraming::Chunked => {
+            conn.send_continue(head)?;
+            let limit = conn.shared.settings.max_body.unwrap_or(u64::MAX);
+            let mut framed = Vec::with_capacity(READ_CHUNK + 16);
+            let copied = conn.copy_chunked(limit, &mut |data| {
+                framed.clear();
+                framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                framed.extend_from_slice(data);
+                framed.extend_from_slice(b"\r\n");
+                stream.write_all(&framed)
+            });
+            match copied {
+                Ok(_) => {
+                    let _ = stream.write_all(b"0\r\n\r\n");
+                }
+                Err(CopyError::Sink) => body_consumed = false,
+                Err(e) => return Err(e.into_end()),
+            }
+        }
+    }
+    let read = read_response(conn, head, &mut stream, &addr);
+    let (resp, head_len, rbuf) = match read {
+        // The pooled connection died before answering a request without body: retry once.
+        Err(End::Answer(Status::BadGateway)) if reused && head.body == BodyFraming::None => {
+            stream = fresh().map_err(bad_gateway)?;
+            stream.write_all(&request).map_err(bad_gateway)?;
+            read_response(conn, head, &mut stream, &addr)?
+        }
+        other => other?,
+    };
+    let (answered, reusable) = relay(
+        conn,
+        head,
+        &resp,
+        head_len,
+        &mut stream,
+        rbuf,
+        keep_alive && body_consumed,
+    )?;
+    if reusable && resp.keep_alive {
+        conn.local.pool.put(index, stream);
+    }
+    Ok(answered)
+}
+
+/// Read the backend's response head (skipping interim 1xx answers). Returns the head, its
+/// length, and the buffer holding it and any body bytes read with it.
+fn read_response(
+    conn: &mut Conn<'_, '_>,
     head: &RequestHead,
     backend: &mut BackendStream,
-    rbuf: &mut Vec<u8>,
     addr: &str,
-    keep_alive: bool,
-) -> Result<(bool, u64), End> {
+) -> Result<(ResponseHead, usize, Vec<u8>), End> {
     let peer = conn.info.peer;
+    let mut rbuf = std::mem::take(&mut conn.local.scratch);
     rbuf.clear();
-    let (resp, head_len) = loop {
-        match response::parse(rbuf, head.is_head()) {
-            Ok(Some(parsed)) => break parsed,
+    loop {
+        match response::parse(&rbuf, head.is_head()) {
+            Ok(Some((resp, _))) if resp.code == 101 => {
+                log::warn!("{peer}: backend {addr} switched protocols, which is not supported");
+                conn.local.scratch = rbuf;
+                return Err(End::Answer(Status::BadGateway));
+            }
+            Ok(Some((resp, len))) if resp.code < 200 => {
+                // 100 Continue, 103 Early Hints: we answer 100-continue ourselves.
+                rbuf.drain(..len);
+                continue;
+            }
+            Ok(Some((resp, len))) => return Ok((resp, len, rbuf)),
             Ok(None) if rbuf.len() >= MAX_BACKEND_HEAD => {
                 log::warn!("{peer}: backend {addr} sent a head over {MAX_BACKEND_HEAD} bytes");
+                conn.local.scratch = rbuf;
                 return Err(End::Answer(Status::BadGateway));
             }
             Ok(None) => {}
             Err(e) => {
                 log::warn!("{peer}: backend {addr}: {e}");
+                conn.local.scratch = rbuf;
                 return Err(End::Answer(Status::BadGateway));
             }
         }
-        match read_into(backend, rbuf) {
+        let failure = match read_into(backend, &mut rbuf) {
             Ok(0) => {
                 log::warn!("{peer}: backend {addr} closed before a complete response head");
-                return Err(End::Answer(Status::BadGateway));
+                Status::BadGateway
             }
-            Ok(_) => {}
+            Ok(_) => continue,
             Err(e) if is_timeout(&e) => {
                 log::warn!("{peer}: backend {addr} silent past http-timeout");
-                return Err(End::Answer(Status::GatewayTimeout));
+                Status::GatewayTimeout
             }
             Err(e) => {
                 log::warn!("{peer}: backend {addr}: {e}");
-                return Err(End::Answer(Status::BadGateway));
+                Status::BadGateway
             }
-        }
-    };
+        };
+        conn.local.scratch = rbuf;
+        return Err(End::Answer(failure));
+    }
+}
+
+/// Write our head and stream the body. Returns the answer and whether the backend
+/// connection ended cleanly at the end of the body (reusable for HTTP backends).
+fn relay(
+    conn: &mut Conn<'_, '_>,
+    head: &RequestHead,
+    resp: &ResponseHead,
+    head_len: usize,
+    backend: &mut BackendStream,
+    mut rbuf: Vec<u8>,
+    keep_alive: bool,
+) -> Result<(Answered, bool), End> {
     let body = response::client_body(resp.body, head.minor_version);
     let keep_alive = keep_alive && body != ClientBody::UntilClose && !conn.shared.stop_requested();
     let mut out = Vec::with_capacity(512);
-    response::write_client_head(&mut out, &resp, body, keep_alive, head.minor_version);
+    response::write_client_head(&mut out, resp, body, keep_alive, head.minor_version);
     rbuf.drain(..head_len);
-    let sent = stream_body(conn, &resp, body, backend, rbuf, out).map_err(|e| {
-        log::debug!("{peer}: response from backend {addr} cut short: {e}");
+    let sent = stream_body(conn, resp, body, backend, &mut rbuf, out);
+    conn.local.scratch = rbuf;
+    let (bytes, clean) = sent.map_err(|e| {
+        log::debug!("{}: response cut short: {e}", conn.info.peer);
         End::Client
     })?;
-    Ok((keep_alive, sent))
+    Ok((
+        Answered {
+            keep_alive,
+            status: resp.code,
+            bytes,
+        },
+        clean,
+    ))
 }
 
 /// Copy the body; `pending` is what the client gets first (our head), `rbuf` holds body
-/// bytes already read from the backend.
+/// bytes already read from the backend. Returns the bytes sent and whether the backend's
+/// body ended exactly where its framing said (nothing left over).
 fn stream_body(
-    conn: &mut Conn<'_>,
+    conn: &mut Conn<'_, '_>,
     resp: &ResponseHead,
     body: ClientBody,
     backend: &mut BackendStream,
     rbuf: &mut Vec<u8>,
     mut pending: Vec<u8>,
-) -> std::io::Result<u64> {
+) -> std::io::Result<(u64, bool)> {
     let mut client = Counting {
         inner: &mut conn.tls,
         count: 0,
     };
-    let client = &mut client;
     match resp.body {
-        BackendBody::None => client.send(&pending),
+        BackendBody::None => Ok((client.send(&pending)?, rbuf.is_empty())),
         BackendBody::Length(mut left) => loop {
             let take = (left.min(rbuf.len() as u64)) as usize;
             pending.extend_from_slice(&rbuf[..take]);
             left -= take as u64;
+            let extra = rbuf.len() > take;
             rbuf.clear();
             client.send(&pending)?;
             pending.clear();
             if left == 0 {
-                return Ok(client.count);
+                return Ok((client.count, !extra));
             }
             if read_into(backend, rbuf)? == 0 {
                 return Err(ErrorKind::UnexpectedEof.into());
@@ -198,7 +340,7 @@ fn stream_body(
                 data.clear();
                 if decoder.is_done() {
                     finish(&mut pending, body);
-                    return client.send(&pending);
+                    return Ok((client.send(&pending)?, rbuf.is_empty()));
                 }
                 client.send(&pending)?;
                 pending.clear();
@@ -213,7 +355,7 @@ fn stream_body(
             let n = read_into(backend, rbuf)?;
             if n == 0 {
                 finish(&mut pending, body);
-                return client.send(&pending);
+                return Ok((client.send(&pending)?, false));
             }
             client.send(&pending)?;
             pending.clear();
@@ -250,7 +392,7 @@ fn read_into(backend: &mut BackendStream, buf: &mut Vec<u8>) -> std::io::Result<
     r
 }
 
-/// The client stream, counting what we send for the scoreboard.
+/// The client stream, counting what we send for the scoreboard and the access log.
 struct Counting<'a, W: Write> {
     inner: &'a mut W,
     count: u64,

@@ -1,29 +1,22 @@
 //! The worker body: TLS contexts built in the master, and the accept threads that run in each
 //! forked worker.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::socket::{accept4, SockFlag};
 use openssl::ssl::SslAcceptor;
 
+use crate::accept;
 use crate::backend::Backends;
-use crate::conn::Conn;
-use crate::http::errors::plaintext_on_tls_port;
-use crate::session::ConnInfo;
+use crate::park::Parking;
 use crate::settings::Settings;
 use crate::tls::{build_acceptor, TlsError};
 
-/// Stack for accept threads: OpenSSL and our buffers need far less than std's 2 MiB.
+/// Stack for serving threads: OpenSSL and our buffers need far less than std's 2 MiB.
 const THREAD_STACK: usize = 256 * 1024;
-/// The epoll token of the stop pipe.
-const STOP_TOKEN: u64 = u64::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -49,11 +42,43 @@ pub enum RunError {
 
 /// One TLS listener as workers use it.
 pub struct ListenerRt {
+    /// Its position in the worker's listener list.
+    pub index: usize,
     pub socket: usize,
     pub addr: SocketAddr,
     pub acceptor: SslAcceptor,
     pub export_cert: bool,
+    /// Expect a PROXY protocol header before the handshake.
     pub proxy_protocol: bool,
+}
+
+/// One `http-to-https` listener as workers use it.
+pub struct RedirectRt {
+    pub addr: SocketAddr,
+    pub https_port: u16,
+}
+
+/// What a listening socket serves.
+#[derive(Clone, Copy)]
+pub enum Kind<'a> {
+    Tls(&'a ListenerRt),
+    Redirect(&'a RedirectRt),
+}
+
+/// One listening socket a thread waits on, and what it serves.
+#[derive(Clone, Copy)]
+pub struct Served<'a> {
+    pub kind: Kind<'a>,
+    pub socket: &'a TcpListener,
+}
+
+impl Served<'_> {
+    pub fn addr(&self) -> SocketAddr {
+        match self.kind {
+            Kind::Tls(l) => l.addr,
+            Kind::Redirect(r) => r.addr,
+        }
+    }
 }
 
 /// What the worker reports to whoever supervises it (the master's scoreboard).
@@ -72,6 +97,7 @@ pub struct Shared<'a> {
     pub settings: Settings,
     pub backends: Backends,
     pub activity: &'a dyn Activity,
+    pub parking: Parking,
     stop: &'static AtomicBool,
     /// Requests answered by this worker, for `max-requests`.
     served: AtomicU64,
@@ -81,6 +107,18 @@ pub struct Shared<'a> {
 impl Shared<'_> {
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// A serving thread took a new connection.
+    pub fn conn_opened(&self) {
+        self.parking.started();
+        self.activity.connection_opened();
+    }
+
+    /// A serving thread closed a connection for good.
+    pub fn conn_closed(&self) {
+        self.activity.connection_closed();
+        self.parking.ended();
     }
 
     /// Count one answered request; the one that reaches `max-requests` asks for recycling.
@@ -99,6 +137,7 @@ pub struct Server {
     settings: Settings,
     backends: Vec<crate::settings::BackendAddr>,
     listeners: Vec<ListenerRt>,
+    redirects: Vec<(usize, RedirectRt)>,
 }
 
 /// What a forked worker gets from its supervisor: how it is told to stop accepting (a flag
@@ -121,6 +160,7 @@ impl Server {
                 bound: bound.len(),
             })?;
             listeners.push(ListenerRt {
+                index,
                 socket: l.socket,
                 addr,
                 acceptor: build_acceptor(&l.tls, addr)?,
@@ -128,12 +168,26 @@ impl Server {
                 proxy_protocol: l.proxy_protocol,
             });
         }
+        let mut redirects = Vec::with_capacity(settings.redirects.len());
+        for r in &settings.redirects {
+            let addr = *bound.get(r.socket).ok_or(BuildError::NoSocket {
+                index: settings.listeners.len() + redirects.len(),
+                socket: r.socket,
+                bound: bound.len(),
+            })?;
+            let rt = RedirectRt {
+                addr,
+                https_port: r.https_port,
+            };
+            redirects.push((r.socket, rt));
+        }
         // Resolve now so that a name that does not resolve fails the start or the reload.
         Backends::resolve(&settings.backends).map_err(BuildError::Backend)?;
         Ok(Server {
             backends: settings.backends.clone(),
             settings,
             listeners,
+            redirects,
         })
     }
 
@@ -145,6 +199,7 @@ impl Server {
             backends: Backends::resolve(&self.backends)
                 .map_err(|e| RunError::Threads(std::io::Error::other(e)))?,
             activity: env.activity,
+            parking: Parking::new().map_err(RunError::Epoll)?,
             stop: env.stop_flag,
             served: AtomicU64::new(0),
             // Jitter (up to 10 %) so workers started together do not recycle together.
@@ -153,22 +208,38 @@ impl Server {
                 .max_requests
                 .map(|m| m.max(1) + u64::from(std::process::id()) % (m / 10 + 1)),
         };
-        let served: Vec<(&ListenerRt, &TcpListener)> = self
-            .listeners
-            .iter()
-            .filter_map(|l| sockets.get(l.socket).map(|s| (l, *s)))
+        let tls = self.listeners.iter().map(|l| (l.socket, Kind::Tls(l)));
+        let redirects = self.redirects.iter().map(|(i, r)| (*i, Kind::Redirect(r)));
+        let served: Vec<Served<'_>> = tls
+            .chain(redirects)
+            .filter_map(|(i, kind)| sockets.get(i).map(|&socket| Served { kind, socket }))
             .collect();
         thread::scope(|scope| {
+            let shared = &shared;
+            let parker = thread::Builder::new()
+                .name("parker".into())
+                .stack_size(THREAD_STACK)
+                .spawn_scoped(scope, move || {
+                    shared
+                        .parking
+                        .run_parker(env.stop_fd, &|| shared.stop_requested(), &|| {
+                            shared.activity.connection_closed()
+                        })
+                });
+            if let Err(e) = parker {
+                return Err(RunError::Threads(e));
+            }
             let mut started = 0;
             let mut last_err = None;
             for i in 0..self.settings.threads.max(1) {
-                let shared = &shared;
                 let served = &served;
                 let stop_fd = env.stop_fd;
                 let spawned = thread::Builder::new()
-                    .name(format!("accept-{i}"))
+                    .name(format!("serve-{i}"))
                     .stack_size(THREAD_STACK)
-                    .spawn_scoped(scope, move || accept_loop(shared, served, stop_fd, i));
+                    .spawn_scoped(scope, move || {
+                        accept::serve_thread(shared, served, stop_fd, i)
+                    });
                 match spawned {
                     Ok(_) => started += 1,
                     Err(e) => last_err = Some(e),
@@ -176,7 +247,8 @@ impl Server {
             }
             match (started, last_err) {
                 (0, Some(e)) => {
-                    // Nothing can serve: make the already-started none and report.
+                    // Nothing can serve: let the parker go and report.
+                    shared.parking.abandon();
                     Err(RunError::Threads(e))
                 }
                 (_, Some(e)) => {
@@ -189,139 +261,5 @@ impl Server {
                 _ => Ok(()),
             }
         })
-    }
-}
-
-fn accept_loop(
-    shared: &Shared,
-    served: &[(&ListenerRt, &TcpListener)],
-    stop_fd: BorrowedFd<'_>,
-    thread_index: usize,
-) {
-    let epoll = match watch(served, stop_fd) {
-        Ok(e) => e,
-        Err(e) => {
-            log::error!("accept thread: epoll setup failed: {e}");
-            return;
-        }
-    };
-    let mut scratch = Vec::new();
-    let mut events = [EpollEvent::empty(); 8];
-    while !shared.stop_requested() {
-        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                log::error!("epoll_wait: {e}");
-                return;
-            }
-        };
-        for ev in &events[..n] {
-            let token = ev.data();
-            // The loop condition sees the stop. A connection this thread was woken for is
-            // still accepted: with EPOLLEXCLUSIVE no other thread was woken for it.
-            if token == STOP_TOKEN {
-                continue;
-            }
-            let Some((listener, socket)) = served.get(token as usize) else {
-                continue;
-            };
-            match accept4(socket.as_fd(), SockFlag::SOCK_CLOEXEC) {
-                Ok(fd) => {
-                    let stream = TcpStream::from(fd);
-                    shared.activity.connection_opened();
-                    let outcome = catch_unwind(AssertUnwindSafe(|| {
-                        serve_connection(shared, listener, stream, &mut scratch, thread_index)
-                    }));
-                    shared.activity.connection_closed();
-                    if outcome.is_err() {
-                        log::error!(
-                            "a connection on {} panicked; the thread goes on",
-                            listener.addr
-                        );
-                        scratch = Vec::new();
-                    }
-                }
-                // Another worker or thread took it.
-                Err(Errno::EAGAIN) | Err(Errno::ECONNABORTED) | Err(Errno::EINTR) => {}
-                Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
-                    log::warn!("accept on {}: {e}; pausing", listener.addr);
-                    thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => log::warn!("accept on {}: {e}", listener.addr),
-            }
-        }
-    }
-}
-
-/// This thread's epoll set: every listener with EPOLLEXCLUSIVE (one wake-up per connection
-/// across all threads and workers) plus the stop pipe, level-triggered so all threads see it.
-fn watch(served: &[(&ListenerRt, &TcpListener)], stop_fd: BorrowedFd<'_>) -> nix::Result<Epoll> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    for (i, (_, socket)) in served.iter().enumerate() {
-        epoll.add(
-            socket.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, i as u64),
-        )?;
-    }
-    epoll.add(stop_fd, EpollEvent::new(EpollFlags::EPOLLIN, STOP_TOKEN))?;
-    Ok(epoll)
-}
-
-fn serve_connection(
-    shared: &Shared,
-    listener: &ListenerRt,
-    tcp: TcpStream,
-    scratch: &mut Vec<u8>,
-    thread_index: usize,
-) {
-    let (Ok(mut peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
-        return;
-    };
-    let t = shared.settings.timeouts;
-    if tcp.set_nodelay(true).is_err()
-        || tcp.set_read_timeout(Some(t.handshake)).is_err()
-        || tcp.set_write_timeout(Some(t.handshake)).is_err()
-    {
-        return;
-    }
-    if listener.proxy_protocol {
-        match crate::proxy_protocol::read_header(&tcp, t.handshake) {
-            Ok(header) => peer = header.addrs.map_or(peer, |(source, _)| source),
-            Err(e) => {
-                log::debug!("{peer}: refused on {}: {e}", listener.addr);
-                return;
-            }
-        }
-    }
-    let mut first = [0u8; 1];
-    match tcp.peek(&mut first) {
-        Ok(1) if first[0] == 0x16 => {}
-        Ok(1) if first[0].is_ascii_uppercase() => {
-            log::debug!("{peer}: plain HTTP on the TLS port {}", listener.addr);
-            let _ = (&tcp).write_all_plain(plaintext_on_tls_port());
-            return;
-        }
-        _ => return,
-    }
-    let tls = match listener.acceptor.accept(tcp) {
-        Ok(s) => s,
-        Err(e) => {
-            log::debug!("{peer}: TLS handshake on {} failed: {e}", listener.addr);
-            return;
-        }
-    };
-    let info = ConnInfo::from_ssl(tls.ssl(), peer, local, listener.export_cert);
-    Conn::new(tls, shared, listener, info, scratch, thread_index).serve();
-}
-
-/// `write_all` on a borrowed TcpStream, named to read clearly at the call site.
-trait WritePlain {
-    fn write_all_plain(self, data: &[u8]) -> std::io::Result<()>;
-}
-
-impl WritePlain for &TcpStream {
-    fn write_all_plain(mut self, data: &[u8]) -> std::io::Result<()> {
-        std::io::Write::write_all(&mut self, data)
     }
 }

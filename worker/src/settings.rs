@@ -7,6 +7,8 @@ pub struct Settings {
     /// Threads per worker; each serves every listener.
     pub threads: usize,
     pub listeners: Vec<ListenerSettings>,
+    /// Plain-HTTP listeners that redirect every request to https (`http-to-https`).
+    pub redirects: Vec<RedirectSettings>,
     /// Empty: the built-in responder answers.
     pub backends: Vec<BackendAddr>,
     pub timeouts: Timeouts,
@@ -17,6 +19,8 @@ pub struct Settings {
     pub chunked_input_limit: u64,
     /// Requests after which a worker asks to be recycled (a per-worker jitter is added).
     pub max_requests: Option<u64>,
+    /// One log line per request.
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +57,15 @@ pub struct ListenerSettings {
     /// Expect a PROXY protocol (v1 or v2) header before the handshake; refuse connections
     /// without one.
     pub proxy_protocol: bool,
+}
+
+/// One `http-to-https` listener: which bound socket, and the port the https URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedirectSettings {
+    /// Index into the listeners the master bound.
+    pub socket: usize,
+    /// Written into `Location` unless it is 443.
+    pub https_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +139,16 @@ pub enum BackendAddr {
     UwsgiUnix(PathBuf),
     /// uwsgi protocol over TCP (`host:port`).
     UwsgiTcp(String),
+    /// Plain HTTP/1.1 over TCP (`http://host:port`).
+    HttpTcp(String),
+    /// Plain HTTP/1.1 over a unix socket (`http+unix:/path`).
+    HttpUnix(PathBuf),
+}
+
+impl BackendAddr {
+    pub fn is_http(&self) -> bool {
+        matches!(self, BackendAddr::HttpTcp(_) | BackendAddr::HttpUnix(_))
+    }
 }
 
 impl std::fmt::Display for BackendAddr {
@@ -133,6 +156,8 @@ impl std::fmt::Display for BackendAddr {
         match self {
             BackendAddr::UwsgiUnix(p) => write!(f, "unix:{}", p.display()),
             BackendAddr::UwsgiTcp(a) => write!(f, "{a}"),
+            BackendAddr::HttpTcp(a) => write!(f, "http://{a}"),
+            BackendAddr::HttpUnix(p) => write!(f, "http+unix:{}", p.display()),
         }
     }
 }

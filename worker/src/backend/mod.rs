@@ -1,9 +1,13 @@
-//! Backends named by `http-to`: connecting with round robin and failover.
+//! Backends named by `http-to`: connecting with round robin and failover, and a per-thread
+//! pool of idle HTTP backend connections.
 
+pub mod http;
+pub mod pool;
 pub mod uwsgi;
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +34,15 @@ pub enum BackendStream {
     Tcp(TcpStream),
 }
 
+/// A connected backend: its index in the `http-to` list and the stream.
+pub struct Connected<'a> {
+    pub index: usize,
+    pub addr: &'a BackendAddr,
+    pub stream: BackendStream,
+    /// Taken from the idle pool rather than freshly connected.
+    pub reused: bool,
+}
+
 impl Backends {
     /// Resolve every backend; an address that does not resolve names itself.
     pub fn resolve(addrs: &[BackendAddr]) -> Result<Self, String> {
@@ -37,10 +50,10 @@ impl Backends {
             .iter()
             .map(|a| {
                 let t = match a {
-                    BackendAddr::UwsgiUnix(p) => Target::Unix(p.clone()),
-                    BackendAddr::UwsgiTcp(hp) => Target::Tcp(
+                    BackendAddr::UwsgiUnix(p) | BackendAddr::HttpUnix(p) => Target::Unix(p.clone()),
+                    BackendAddr::UwsgiTcp(hp) | BackendAddr::HttpTcp(hp) => Target::Tcp(
                         hp.to_socket_addrs()
-                            .map_err(|e| format!("backend {hp}: {e}"))?
+                            .map_err(|e| format!("backend {a}: {e}"))?
                             .collect(),
                     ),
                 };
@@ -57,23 +70,46 @@ impl Backends {
         self.targets.is_empty()
     }
 
-    /// Round robin per request; a backend that refuses is skipped for the next one.
-    /// Returns the last error when none accepts.
+    /// Round robin per request, idle pooled connections first; a backend that refuses is
+    /// skipped for the next one. Returns the last error (and the backend it names) when
+    /// none accepts.
     pub fn connect(
         &self,
+        pool: &mut pool::Pool,
         timeout: Duration,
-    ) -> Result<(BackendStream, &BackendAddr), (io::Error, String)> {
+    ) -> Result<Connected<'_>, (io::Error, String)> {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = (io::Error::other("no backend configured"), String::new());
         for i in 0..n {
-            let (addr, target) = &self.targets[(start + i) % n];
+            let index = (start + i) % n;
+            let (addr, target) = &self.targets[index];
+            if let Some(stream) = pool.take(index) {
+                return Ok(Connected {
+                    index,
+                    addr,
+                    stream,
+                    reused: true,
+                });
+            }
             match connect(target, timeout) {
-                Ok(s) => return Ok((s, addr)),
+                Ok(stream) => {
+                    return Ok(Connected {
+                        index,
+                        addr,
+                        stream,
+                        reused: false,
+                    })
+                }
                 Err(e) => last = (e, addr.to_string()),
             }
         }
         Err(last)
+    }
+
+    /// A fresh connection to backend `index` (retry after a stale pooled one).
+    pub fn reconnect(&self, index: usize, timeout: Duration) -> io::Result<BackendStream> {
+        connect(&self.targets[index].1, timeout)
     }
 }
 
@@ -110,12 +146,28 @@ impl BackendStream {
         }
     }
 
-    /// We have sent the whole request.
-    pub fn shutdown_write(&self) {
-        let _ = match self {
-            BackendStream::Unix(s) => s.shutdown(Shutdown::Write),
-            BackendStream::Tcp(s) => s.shutdown(Shutdown::Write),
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            BackendStream::Unix(s) => s.as_fd(),
+            BackendStream::Tcp(s) => s.as_fd(),
+        }
+    }
+
+    /// An idle keep-alive connection is usable when the peer has neither closed it nor sent
+    /// anything unasked: a non-blocking peek must find nothing to read.
+    pub fn is_idle_and_open(&self) -> bool {
+        let mut byte = [0u8; 1];
+        // SAFETY: the fd is valid for the call; the buffer outlives it and its length is
+        // passed.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd()),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
         };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 }
 

@@ -2,5 +2,6 @@
 
 pub mod chunked;
 pub mod errors;
+pub mod fuzz;
 pub mod request;
 pub mod response;

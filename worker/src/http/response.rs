@@ -31,6 +31,8 @@ pub struct ResponseHead {
     pub reason: String,
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: BackendBody,
+    /// The backend lets this connection serve another request.
+    pub keep_alive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,7 @@ pub fn parse(
     }
     let mut length: Option<u64> = None;
     let mut chunked = false;
+    let mut close = resp.version == Some(0);
     let mut headers = Vec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -72,6 +75,14 @@ pub fn parse(
                 return Err(BadResponse("differing Content-Length values"));
             }
             length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    close = false;
+                }
+            }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // The last coding decides; anything but chunked is read until close.
             chunked = h
@@ -97,6 +108,7 @@ pub fn parse(
             code,
             reason: resp.reason.unwrap_or("").to_string(),
             headers,
+            keep_alive: !close && body != BackendBody::UntilClose,
             body,
         },
         len,
