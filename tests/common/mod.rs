@@ -13,6 +13,7 @@ pub mod compat;
 pub mod ports;
 pub mod procs;
 pub mod server;
+pub mod tls;
 pub mod watchdog;
 
 use std::path::{Path, PathBuf};
