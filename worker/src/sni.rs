@@ -1,15 +1,22 @@
 //! SNI: which context serves which server name, and uWSGI's `sni-dir`.
 //!
-//! The listener's default context carries a servername callback that looks the client's name
-//! up here and switches the connection to the matching context; a name that matches nothing
-//! (or no name) keeps the default certificate. `*.example.com` matches exactly one label
-//! (`a.example.com`, not `example.com` nor `a.b.example.com`), as certificates do; an exact
-//! name wins over a wildcard.
+//! The listener's default context carries a ClientHello callback that reads the server name
+//! the client sent, looks it up here and switches the connection to the matching context; a
+//! name that matches nothing (or no name) keeps the default certificate. `*.example.com`
+//! matches exactly one label (`a.example.com`, not `example.com` nor `a.b.example.com`), as
+//! certificates do; an exact name wins over a wildcard.
+//!
+//! The switch happens in the ClientHello callback, not the later servername callback,
+//! because OpenSSL looks up the session to resume in between: switched first, the session-id
+//! context of the name's own context decides, so a session made for one name is never
+//! resumed under another (whose client-certificate rules may differ; nginx's CVE-2025-23419).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use openssl::ssl::{SslContext, SslVerifyMode};
+use foreign_types::ForeignTypeRef;
+use openssl::ssl::{SslContext, SslRef, SslVerifyMode};
+use openssl_sys as ffi;
 
 use crate::settings::{CertKey, SniSettings, VerifyClient};
 use crate::tls::TlsError;
@@ -68,6 +75,53 @@ impl SniTable {
         let (_, parent) = name.split_once('.')?;
         self.wildcard.get(parent)
     }
+}
+
+/// The host name of a `server_name` extension's body (RFC 6066 §3): a list length, then
+/// entries of a type byte (0: host name), a length and the name. None when it is malformed,
+/// holds no host name, or the name is not ASCII.
+pub fn parse_server_name(ext: &[u8]) -> Option<&str> {
+    let u16_at = |b: &[u8], i: usize| -> Option<usize> {
+        Some(usize::from(u16::from_be_bytes([
+            *b.get(i)?,
+            *b.get(i + 1)?,
+        ])))
+    };
+    let list_len = u16_at(ext, 0)?;
+    let list = ext.get(2..2 + list_len)?;
+    let mut i = 0;
+    while i < list.len() {
+        let kind = *list.get(i)?;
+        let len = u16_at(list, i + 1)?;
+        let name = list.get(i + 3..i + 3 + len)?;
+        if kind == 0 {
+            return std::str::from_utf8(name)
+                .ok()
+                .filter(|n| !n.is_empty() && n.is_ascii());
+        }
+        i += 3 + len;
+    }
+    None
+}
+
+/// The server name in the ClientHello being processed. Only meaningful inside a ClientHello
+/// callback.
+pub fn client_hello_server_name(ssl: &SslRef) -> Option<String> {
+    /// TLSEXT_TYPE_server_name.
+    const SERVER_NAME: std::ffi::c_uint = 0;
+    let mut data: *const std::ffi::c_uchar = std::ptr::null();
+    let mut len: usize = 0;
+    // SAFETY: `ssl` is the SSL whose ClientHello callback is running, so OpenSSL holds the
+    // parsed ClientHello; on success it points `data` at `len` bytes of its own buffer, valid
+    // until the callback returns. We copy the name out before that.
+    let found =
+        unsafe { ffi::SSL_client_hello_get0_ext(ssl.as_ptr(), SERVER_NAME, &mut data, &mut len) };
+    if found != 1 || data.is_null() {
+        return None;
+    }
+    // SAFETY: see above: `data` points to `len` readable bytes for the duration of this call.
+    let ext = unsafe { std::slice::from_raw_parts(data, len) };
+    parse_server_name(ext).map(str::to_string)
 }
 
 /// Lowercase, without a trailing dot.
@@ -169,6 +223,37 @@ pub fn scan_dir(dir: &Path) -> Result<Vec<DirEntry>, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_name_extensions() {
+        let ext = |entries: &[(u8, &[u8])]| {
+            let mut list = Vec::new();
+            for (kind, name) in entries {
+                list.push(*kind);
+                list.extend((name.len() as u16).to_be_bytes());
+                list.extend(*name);
+            }
+            let mut out = (list.len() as u16).to_be_bytes().to_vec();
+            out.extend(list);
+            out
+        };
+        assert_eq!(
+            parse_server_name(&ext(&[(0, b"api.example.com")])),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            parse_server_name(&ext(&[(7, b"x"), (0, b"b.test")])),
+            Some("b.test")
+        );
+        assert_eq!(parse_server_name(&ext(&[(7, b"x")])), None);
+        assert_eq!(parse_server_name(&ext(&[(0, b"")])), None);
+        assert_eq!(parse_server_name(&ext(&[(0, "é.test".as_bytes())])), None);
+        let mut truncated = ext(&[(0, b"api.example.com")]);
+        truncated.truncate(10);
+        assert_eq!(parse_server_name(&truncated), None);
+        assert_eq!(parse_server_name(&[]), None);
+        assert_eq!(parse_server_name(&[0, 9, 0, 0]), None);
+    }
 
     #[test]
     fn names_are_checked() {

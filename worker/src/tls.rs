@@ -10,7 +10,7 @@ use openssl::error::ErrorStack;
 use openssl::ocsp::{OcspCertId, OcspCertStatus, OcspResponse, OcspResponseStatus};
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    NameType, SniError, SslAcceptor, SslAcceptorBuilder, SslContextBuilder, SslMethod, SslOptions,
+    ClientHelloResponse, SslAcceptor, SslAcceptorBuilder, SslContextBuilder, SslMethod, SslOptions,
     SslRef, SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
 use openssl::x509::{X509Ref, X509};
@@ -86,12 +86,15 @@ pub fn build_acceptor(tls: &TlsSettings, addr: SocketAddr) -> Result<SslAcceptor
         Some(path) => Some(Arc::new(TicketKeys::load(path)?)),
         None => None,
     };
-    let sid = session_context(tls.session_context.as_deref(), addr);
-    let table = sni_table(tls, addr, &sid, keys.as_ref())?;
+    let table = sni_table(tls, addr, keys.as_ref())?;
     let default = Profile::listener(tls);
+    let sid = session_context(tls.session_context.as_deref(), addr, None);
     let mut b = context(tls, &default, addr, &sid, keys.as_ref())?;
     if !table.is_empty() {
-        b.set_servername_callback(move |ssl, _alert| select_context(ssl, &table));
+        b.set_client_hello_callback(move |ssl, _alert| {
+            select_context(ssl, &table)?;
+            Ok(ClientHelloResponse::SUCCESS)
+        });
     }
     Ok(b.build())
 }
@@ -222,8 +225,8 @@ fn context(
     b.set_verify(p.verify_mode());
     b.set_verify_depth(tls.verify_depth);
     // Without a session-id context OpenSSL aborts resumed handshakes when client
-    // certificates are requested. Every context of a listener has the same one: OpenSSL
-    // checks a session against it before the SNI callback picks the context.
+    // certificates are requested. Each context has its own: a session is resumed only in
+    // the context (name, certificate, client-certificate rules) that made it.
     b.set_session_id_context(sid).map_err(ctx_err)?;
     b.set_session_cache_mode(cache);
     if let Some(keys) = keys {
@@ -237,14 +240,14 @@ fn context(
 fn sni_table(
     tls: &TlsSettings,
     addr: SocketAddr,
-    sid: &[u8],
     keys: Option<&Arc<TicketKeys>>,
 ) -> Result<SniTable, TlsError> {
     let mut table = SniTable::default();
     let add = |table: &mut SniTable, s: &SniSettings| -> Result<(), TlsError> {
         let profile = Profile::sni(tls, s);
+        let sid = session_context(tls.session_context.as_deref(), addr, Some(&s.names));
         let entry = SniContext {
-            ctx: context(tls, &profile, addr, sid, keys)?
+            ctx: context(tls, &profile, addr, &sid, keys)?
                 .build()
                 .into_context(),
             verify: profile.verify_mode(),
@@ -280,19 +283,19 @@ fn sni_table(
     Ok(table)
 }
 
-/// The servername callback: switch to the context of the name the client asked for. An
-/// unknown name (or none) keeps the listener's default certificate. Everything that is not
-/// per-name (options, versions, verify depth) is the same in every context of a listener;
-/// the verify mode is not carried over by SSL_set_SSL_CTX, so it is set here (as nginx does).
-fn select_context(ssl: &mut SslRef, table: &SniTable) -> Result<(), SniError> {
-    let Some(name) = ssl.servername(NameType::HOST_NAME) else {
+/// The ClientHello callback: switch to the context of the name the client asked for, before
+/// OpenSSL looks for a session to resume. An unknown name (or none) keeps the listener's
+/// default certificate. Everything that is not per-name (options, versions, verify depth) is
+/// the same in every context of a listener; the verify mode is not carried over by
+/// SSL_set_SSL_CTX, so it is set here (as nginx does).
+fn select_context(ssl: &mut SslRef, table: &SniTable) -> Result<(), ErrorStack> {
+    let Some(name) = sni::client_hello_server_name(ssl) else {
         return Ok(());
     };
-    let Some(entry) = table.lookup(name) else {
+    let Some(entry) = table.lookup(&name) else {
         return Ok(());
     };
-    ssl.set_ssl_context(&entry.ctx)
-        .map_err(|_| SniError::ALERT_FATAL)?;
+    ssl.set_ssl_context(&entry.ctx)?;
     ssl.set_verify(entry.verify);
     Ok(())
 }
@@ -306,12 +309,24 @@ fn version(v: TlsVersion) -> SslVersion {
     }
 }
 
-/// At most 32 bytes (SSL_MAX_SID_CTX_LENGTH): a SHA-256 of the configured value or address.
-fn session_context(configured: Option<&str>, addr: SocketAddr) -> [u8; 32] {
-    let seed = match configured {
+/// At most 32 bytes (SSL_MAX_SID_CTX_LENGTH): a SHA-256 of the configured value or address,
+/// and of the names of an SNI context.
+fn session_context(
+    configured: Option<&str>,
+    addr: SocketAddr,
+    names: Option<&[String]>,
+) -> [u8; 32] {
+    let mut seed = match configured {
         Some(s) => s.to_string(),
         None => format!("uwsgi-master:{addr}"),
     };
+    if let Some(names) = names {
+        seed.push_str("\0sni");
+        for n in names {
+            seed.push('\0');
+            seed.push_str(&sni::normalize(n));
+        }
+    }
     openssl::sha::sha256(seed.as_bytes())
 }
 

@@ -138,6 +138,7 @@ struct Outcome {
     version: &'static str,
     session: Option<SslSession>,
     cert_key_bits: u32,
+    cipher: String,
 }
 
 #[derive(Default)]
@@ -195,7 +196,12 @@ fn connect(addr: SocketAddr, c: Client) -> Result<Outcome, String> {
         .expect("lock")
         .take()
         .or_else(|| tls.ssl().session().map(|s| s.to_owned()));
+    let cipher = tls
+        .ssl()
+        .current_cipher()
+        .map_or(String::new(), |c| c.name().to_string());
     Ok(Outcome {
+        cipher,
         subject,
         reused: tls.ssl().session_reused(),
         version: tls.ssl().version_str(),
@@ -506,4 +512,96 @@ fn configuration_errors_name_what_is_wrong() {
     tls.ocsp_response = Some(junk);
     let msg = err(&tls);
     assert!(msg.contains("junk.ocsp"), "{msg}");
+}
+
+/// A session made on a name without client certificates must not let a client into a name
+/// that requires them (nginx's CVE-2025-23419): resumption across SNI contexts is refused.
+#[test]
+fn resumption_does_not_cross_into_a_name_with_other_client_verification() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let default = make_cert(d, "srv", "srv.test", "srv", KeyType::Ec);
+    let open = make_cert(d, "open", "open.test", "open", KeyType::Ec);
+    let strict = make_cert(d, "strict", "strict.test", "strict", KeyType::Ec);
+    let mut tls = settings(&default);
+    tls.sni = vec![
+        sni(&["open.test"], vec![open]),
+        SniSettings {
+            client_ca: Some(strict.cert.clone()),
+            verify_client: Some(VerifyClient::Required),
+            ..sni(&["strict.test"], vec![strict])
+        },
+    ];
+    for v in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
+        let (a, s) = serve(acceptor(&tls), 2);
+        let full = connect(
+            a,
+            Client {
+                max: Some(v),
+                sni: Some("open.test"),
+                ..Default::default()
+            },
+        )
+        .expect("full handshake on the open name");
+        let crossed = connect(
+            a,
+            Client {
+                max: Some(v),
+                sni: Some("strict.test"),
+                session: full.session.as_ref(),
+                ..Default::default()
+            },
+        );
+        s.join().expect("server");
+        match crossed {
+            Ok(o) => panic!(
+                "{v:?}: got into strict.test without a client certificate (reused {}, {})",
+                o.reused, o.subject
+            ),
+            Err(e) => eprintln!("{v:?}: refused as it should: {e}"),
+        }
+    }
+}
+
+#[test]
+fn sni_entries_have_their_own_ciphers_and_client_ca() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let default = make_cert(d, "srv", "srv.test", "srv", KeyType::Ec);
+    let strong = make_cert(d, "strong", "strong.test", "strong", KeyType::Ec);
+    let strict = make_cert(d, "strict", "strict.test", "strict", KeyType::Ec);
+    let mut tls = settings(&default);
+    tls.sni = vec![
+        SniSettings {
+            ciphers: Some("ECDHE-ECDSA-AES256-GCM-SHA384".into()),
+            ..sni(&["strong.test"], vec![strong])
+        },
+        SniSettings {
+            client_ca: Some(strict.cert.clone()),
+            ..sni(&["strict.test"], vec![strict])
+        },
+    ];
+    let (a, s) = serve(acceptor(&tls), 3);
+    let cipher = |name| {
+        connect(
+            a,
+            Client {
+                max: Some(SslVersion::TLS1_2),
+                sni: Some(name),
+                ..Default::default()
+            },
+        )
+        .map(|o| o.cipher)
+    };
+    assert_eq!(
+        cipher("srv.test"),
+        Ok("ECDHE-ECDSA-AES128-GCM-SHA256".into())
+    );
+    assert_eq!(
+        cipher("strong.test"),
+        Ok("ECDHE-ECDSA-AES256-GCM-SHA384".into())
+    );
+    // A CA of its own requests client certificates (optional): without one, it still works.
+    assert!(cipher("strict.test").is_ok());
+    s.join().expect("server");
 }
