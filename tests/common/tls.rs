@@ -152,22 +152,33 @@ pub struct SClientOut {
 }
 
 impl SClientOut {
-    /// `Protocol  : TLSv1.2` of the session block ("" when no handshake).
+    /// The negotiated protocol: `Protocol  : TLSv1.2` of the session block, or, when
+    /// s_client left before printing it (TLS 1.3 prints it once a ticket arrives), the
+    /// version in `New, TLSv1.3, Cipher is ...`. "" when there was no handshake.
     pub fn protocol(&self) -> String {
-        self.out
+        let block = self
+            .out
             .lines()
             .find_map(|l| l.trim().strip_prefix("Protocol  :"))
-            .map(|p| p.trim().to_string())
+            .map(|p| p.trim().to_string());
+        block
+            .or_else(|| {
+                self.summary()
+                    .and_then(|l| l.split(", ").nth(1).map(str::to_string))
+            })
             .unwrap_or_default()
     }
 
-    /// A handshake was completed and the session block shows a real cipher.
+    /// The `New, TLSv1.3, Cipher is X` (or `Reused, ...`) line.
+    fn summary(&self) -> Option<&str> {
+        self.out
+            .lines()
+            .find(|l| l.starts_with("New, ") || l.starts_with("Reused, "))
+    }
+
+    /// A handshake was completed with a real cipher.
     pub fn handshake_ok(&self) -> bool {
-        !self.protocol().is_empty()
-            && !self
-                .out
-                .lines()
-                .any(|l| l.trim() == "Cipher    : 0000" || l.contains("Cipher is (NONE)"))
+        self.summary().is_some_and(|l| !l.contains("(NONE)"))
     }
 
     pub fn reused(&self) -> bool {
