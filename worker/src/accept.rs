@@ -1,6 +1,6 @@
-//! The serving threads: each waits on its own epoll set (every listener with EPOLLEXCLUSIVE,
-//! the parker's ready count, the stop pipe and the done signal), accepts and handshakes new
-//! connections, and serves connections the parker hands back.
+//! The serving threads: all wait on the worker's shared epoll set (see park.rs) and take one
+//! event at a time: a new connection to accept and handshake, or a parked connection whose
+//! next request arrived.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -11,97 +11,69 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{accept4, SockFlag};
 use openssl::ssl::{ErrorCode, HandshakeError, SslAcceptor, SslStream};
 
 use crate::conn::{Conn, ThreadState};
 use crate::http::errors::plaintext_on_tls_port;
-use crate::park::Parked;
+use crate::park::{Event, Parked};
 use crate::redirect;
 use crate::server::{Kind, ListenerRt, Served, Shared};
 use crate::session::ConnInfo;
 
-const STOP_TOKEN: u64 = u64::MAX;
-const READY_TOKEN: u64 = u64::MAX - 1;
-const DONE_TOKEN: u64 = u64::MAX - 2;
-
 pub fn serve_thread(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<'_>, index: usize) {
-    let epoll = match watch(shared, served, stop_fd) {
-        Ok(e) => e,
-        Err(e) => {
-            log::error!("serving thread {index}: epoll setup failed: {e}");
-            return;
-        }
-    };
     let mut local = ThreadState {
         index,
         ..Default::default()
     };
-    let mut listening = true;
-    let mut events = [EpollEvent::empty(); 8];
     loop {
-        if listening && shared.stop_requested() {
-            // Stop accepting; keep serving what the parker hands back until it is done.
-            for listener in served {
-                let _ = epoll.delete(listener.socket.as_fd());
-            }
-            let _ = epoll.delete(stop_fd);
-            listening = false;
-        }
-        shared.parking.thread_idle(true);
-        let waited = epoll.wait(&mut events, EpollTimeout::NONE);
-        shared.parking.thread_idle(false);
-        let n = match waited {
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
+        let event = match shared.parking.wait() {
+            Ok(e) => e,
             Err(e) => {
-                log::error!("epoll_wait: {e}");
+                log::error!("serving thread {index}: epoll_wait: {e}");
                 return;
             }
         };
-        for ev in &events[..n] {
-            match ev.data() {
-                DONE_TOKEN => return,
-                // Seen at the top of the loop.
-                STOP_TOKEN => {}
-                READY_TOKEN => {
-                    if let Some(conn) = shared.parking.take_ready() {
-                        guarded(shared, &mut local, |local| {
-                            resume(shared, served, conn, local)
+        match event {
+            Event::Done => return,
+            Event::Nothing => {}
+            Event::Stop => {
+                // Stop accepting; keep serving parked connections until the worker is done.
+                let fds: Vec<BorrowedFd<'_>> = served.iter().map(|s| s.socket.as_fd()).collect();
+                shared.parking.unwatch(&fds, stop_fd);
+            }
+            Event::Resume(conn) => {
+                guarded(shared, &mut local, |local| {
+                    resume(shared, served, conn, local)
+                });
+            }
+            // A connection this thread was woken for is accepted even when stopping: with
+            // EPOLLEXCLUSIVE no other worker was woken for it.
+            Event::Listener(i) => {
+                let Some(listener) = served.get(i) else {
+                    continue;
+                };
+                let addr = listener.addr();
+                match accept4(listener.socket.as_fd(), SockFlag::SOCK_CLOEXEC) {
+                    Ok(fd) => {
+                        shared.conn_opened();
+                        let tcp = TcpStream::from(fd);
+                        guarded(shared, &mut local, |local| match listener.kind {
+                            Kind::Tls(tls) => accept(shared, tls, tcp, local),
+                            Kind::Redirect(r) => {
+                                redirect::serve(tcp, r.https_port, &shared.settings);
+                                shared.conn_closed();
+                                Outcome::Closed
+                            }
                         });
                     }
-                }
-                // A connection this thread was woken for is accepted even when stopping:
-                // with EPOLLEXCLUSIVE no other thread was woken for it.
-                token => {
-                    let Some(listener) = served.get(token as usize) else {
-                        continue;
-                    };
-                    let addr = listener.addr();
-                    match accept4(listener.socket.as_fd(), SockFlag::SOCK_CLOEXEC) {
-                        Ok(fd) => {
-                            shared.conn_opened();
-                            let tcp = TcpStream::from(fd);
-                            guarded(shared, &mut local, |local| match listener.kind {
-                                Kind::Tls(tls) => accept(shared, tls, tcp, local),
-                                Kind::Redirect(r) => {
-                                    redirect::serve(tcp, r.https_port, &shared.settings);
-                                    shared.conn_closed();
-                                    Outcome::Closed
-                                }
-                            });
-                        }
-                        // Another worker or thread took it.
-                        Err(Errno::EAGAIN | Errno::ECONNABORTED | Errno::EINTR) => {}
-                        Err(
-                            e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM),
-                        ) => {
-                            log::warn!("accept on {addr}: {e}; pausing");
-                            thread::sleep(Duration::from_millis(50));
-                        }
-                        Err(e) => log::warn!("accept on {addr}: {e}"),
+                    // Another worker or thread took it.
+                    Err(Errno::EAGAIN | Errno::ECONNABORTED | Errno::EINTR) => {}
+                    Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
+                        log::warn!("accept on {addr}: {e}; pausing");
+                        thread::sleep(Duration::from_millis(50));
                     }
+                    Err(e) => log::warn!("accept on {addr}: {e}"),
                 }
             }
         }
@@ -134,30 +106,6 @@ enum Outcome {
     Closed,
     Parked,
     Panicked,
-}
-
-/// This thread's epoll set: every listener and the parker's ready count with EPOLLEXCLUSIVE
-/// (one wake-up per event across all threads and workers), plus the stop pipe and the done
-/// signal, level-triggered so every thread sees them.
-fn watch(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<'_>) -> nix::Result<Epoll> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    let exclusive = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
-    for (i, listener) in served.iter().enumerate() {
-        epoll.add(
-            listener.socket.as_fd(),
-            EpollEvent::new(exclusive, i as u64),
-        )?;
-    }
-    epoll.add(
-        shared.parking.ready_fd(),
-        EpollEvent::new(exclusive, READY_TOKEN),
-    )?;
-    epoll.add(stop_fd, EpollEvent::new(EpollFlags::EPOLLIN, STOP_TOKEN))?;
-    epoll.add(
-        shared.parking.done_fd(),
-        EpollEvent::new(EpollFlags::EPOLLIN, DONE_TOKEN),
-    )?;
-    Ok(epoll)
 }
 
 /// A new connection: refuse plain HTTP, handshake within `handshake-timeout`, serve.
@@ -218,15 +166,14 @@ fn accept(
 fn resume(
     shared: &Shared,
     served: &[Served<'_>],
-    conn: Parked,
+    conn: Box<Parked>,
     local: &mut ThreadState,
 ) -> Outcome {
     let Some(Kind::Tls(listener)) = served.get(conn.listener).map(|s| s.kind) else {
         shared.conn_closed();
         return Outcome::Closed;
     };
-    let served_any = conn.served_any;
-    let conn = Conn::resume(conn.tls, shared, listener, conn.info, local, served_any);
+    let conn = Conn::resume(conn, shared, listener, local);
     serve(shared, conn, true)
 }
 
@@ -234,10 +181,18 @@ fn resume(
 /// its next request arrive.
 fn serve(shared: &Shared, conn: Conn<'_, '_>, due: bool) -> Outcome {
     match conn.serve(due) {
-        Some(parked) => {
-            shared.parking.park(parked);
-            Outcome::Parked
-        }
+        Some(parked) => match shared.parking.park(parked) {
+            Ok(()) => Outcome::Parked,
+            Err(conn) => {
+                log::warn!(
+                    "{}: cannot park an idle connection; closing it",
+                    conn.info.peer
+                );
+                drop(conn);
+                shared.conn_closed();
+                Outcome::Closed
+            }
+        },
         None => {
             shared.conn_closed();
             Outcome::Closed

@@ -3,10 +3,8 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use openssl::ssl::SslStream;
 
 use crate::backend::pool::Pool;
@@ -20,9 +18,6 @@ use crate::{proxy, responder};
 
 /// How much we read from a socket at once.
 pub const READ_CHUNK: usize = 16 * 1024;
-
-/// Longest a thread keeps one connection (waiting for its next request) before parking it.
-const LINGER: Duration = Duration::from_millis(20);
 
 /// Why a request ends early.
 #[derive(Debug)]
@@ -70,6 +65,8 @@ pub struct Conn<'a, 's> {
     read_timeout: Option<Duration>,
     /// A request was read on this connection already (then keep-alive timing applies).
     served_any: bool,
+    /// Its fd is in the worker's shared epoll set (parked before).
+    registered: bool,
 }
 
 impl<'a, 's> Conn<'a, 's> {
@@ -80,41 +77,49 @@ impl<'a, 's> Conn<'a, 's> {
         info: ConnInfo,
         local: &'a mut ThreadState,
     ) -> Self {
-        Self::resume(tls, shared, listener, info, local, false)
-    }
-
-    /// A connection that served `served_any` requests before it was parked.
-    pub fn resume(
-        tls: SslStream<TcpStream>,
-        shared: &'s Shared<'s>,
-        listener: &'s ListenerRt,
-        info: ConnInfo,
-        local: &'a mut ThreadState,
-        served_any: bool,
-    ) -> Self {
         Self {
             tls,
             shared,
             listener,
             info,
-            buf: Vec::with_capacity(READ_CHUNK),
+            buf: Vec::new(),
             local,
             read_timeout: None,
-            served_any,
+            served_any: false,
+            registered: false,
+        }
+    }
+
+    /// A parked connection whose next request arrived.
+    pub fn resume(
+        parked: Box<Parked>,
+        shared: &'s Shared<'s>,
+        listener: &'s ListenerRt,
+        local: &'a mut ThreadState,
+    ) -> Self {
+        Self {
+            tls: parked.tls,
+            shared,
+            listener,
+            info: parked.info,
+            buf: Vec::new(),
+            local,
+            read_timeout: None,
+            served_any: parked.served_any,
+            registered: parked.registered,
         }
     }
 
     /// Serve requests until the connection ends (None) or waits for a request with nothing
     /// arrived (Some: park it). `due`: the parker saw the next request arrive, read it now.
-    pub fn serve(mut self, mut due: bool) -> Option<Parked> {
+    pub fn serve(mut self, mut due: bool) -> Option<Box<Parked>> {
         let _ = self
             .tls
             .get_ref()
             .set_write_timeout(Some(self.shared.settings.timeouts.backend));
-        let held_since = Instant::now();
         loop {
-            if !due && self.is_idle() && !self.linger(held_since) {
-                return Some(self.into_parked());
+            if !due && self.is_idle() {
+                return Some(Box::new(self.into_parked()));
             }
             due = false;
             let first = !self.served_any;
@@ -149,26 +154,6 @@ impl<'a, 's> Conn<'a, 's> {
         self.buf.is_empty() && self.tls.ssl().pending() == 0
     }
 
-    /// Wait briefly on this idle connection before parking it: a client that sends its next
-    /// request at once is served without the round trip through the parker. Lingering is
-    /// bounded per hold, and only happens while other threads are free for new and parked
-    /// connections.
-    fn linger(&self, held_since: Instant) -> bool {
-        let t = self.shared.settings.timeouts;
-        let idle = if self.served_any {
-            t.keepalive
-        } else {
-            t.headers
-        };
-        let budget = LINGER.min(idle).saturating_sub(held_since.elapsed());
-        if budget.is_zero() || !self.shared.parking.may_linger(self.shared.settings.threads) {
-            return false;
-        }
-        let timeout = PollTimeout::try_from(budget).unwrap_or(PollTimeout::ZERO);
-        let mut fds = [PollFd::new(self.tls.get_ref().as_fd(), PollFlags::POLLIN)];
-        matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
-    }
-
     fn into_parked(self) -> Parked {
         let t = self.shared.settings.timeouts;
         // The first request gets the head timeout, later ones the keep-alive time.
@@ -183,6 +168,7 @@ impl<'a, 's> Conn<'a, 's> {
             info: self.info,
             listener: self.listener.index,
             served_any: self.served_any,
+            registered: self.registered,
         }
     }
 

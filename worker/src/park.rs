@@ -1,15 +1,21 @@
-//! Parking idle keep-alive connections (Apache's event MPM): a connection that waits for its
-//! next request holds no thread. One parker thread per worker watches them all with epoll and
-//! hands a connection back to the serving threads (over a channel, announced through a
-//! semaphore eventfd in their epoll sets) when its next request arrives. Handshakes and
-//! requests stay blocking OpenSSL in the serving threads.
+//! One epoll set per worker, shared by all its serving threads (leader/follower): it holds
+//! every listener, every idle keep-alive connection (one-shot), the stop pipe and the done
+//! signal. A thread that finishes a response parks the connection in it and takes the next
+//! ready event, so under load threads go from connection to connection without sleeping,
+//! and an idle connection holds no thread. Handshakes and requests stay blocking OpenSSL.
+//!
+//! Parked connections live in slots whose ownership moves by compare-and-swap (the epoll
+//! token carries the slot's generation), so parking and resuming take no lock. A
+//! housekeeper thread closes connections idle past their time and decides when a stopping
+//! worker is done.
 
+use std::cell::UnsafeCell;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_queue::SegQueue;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -17,10 +23,23 @@ use openssl::ssl::SslStream;
 
 use crate::session::ConnInfo;
 
-/// How often the parker looks for connections idle past their keep-alive time.
+/// How often the housekeeper looks for connections idle past their time.
 const SWEEP: Duration = Duration::from_millis(500);
-const INCOMING_TOKEN: u64 = u64::MAX;
-const STOP_TOKEN: u64 = u64::MAX - 1;
+/// Most connections one worker parks at once; beyond that an idle connection is closed.
+const MAX_PARKED: usize = 1 << 18;
+
+/// Tokens at the top of the u64 range; parked connections use `generation << 32 | slot`,
+/// listeners `LISTENER_BASE + index`.
+pub const STOP_TOKEN: u64 = u64::MAX;
+pub const DONE_TOKEN: u64 = u64::MAX - 1;
+const LISTENER_BASE: u64 = u64::MAX - (1 << 16);
+
+const FREE: u64 = 0;
+/// Being parked by its owner: not yet armed.
+const PARKING: u64 = 1;
+const PARKED: u64 = 2;
+/// Taken by a serving thread or the housekeeper.
+const TAKEN: u64 = 3;
 
 /// An idle connection between two requests.
 pub struct Parked {
@@ -32,62 +51,112 @@ pub struct Parked {
     pub idle_until: Instant,
     /// It served a request before (keep-alive), or waits for its first one.
     pub served_any: bool,
+    /// Its fd is in the shared epoll set already (re-armed with MOD, not ADD).
+    pub registered: bool,
 }
 
-/// The hand-over points between serving threads and the parker.
+/// What one `wait` returned.
+pub enum Event {
+    Stop,
+    Done,
+    Listener(usize),
+    Resume(Box<Parked>),
+    /// Nothing to do (a stale or already-taken event, or EINTR).
+    Nothing,
+}
+
+struct Slot {
+    /// `generation << 2 | state`.
+    state: AtomicU64,
+    deadline_ms: AtomicU64,
+    conn: UnsafeCell<Option<Box<Parked>>>,
+}
+
+// SAFETY: `conn` is only touched by the thread that moved `state` to PARKING (when parking)
+// or to TAKEN (when resuming or expiring); the state's CAS makes that thread unique.
+unsafe impl Sync for Slot {}
+
 pub struct Parking {
-    to_parker: Sender<Parked>,
-    from_threads: Receiver<Parked>,
-    to_threads: Sender<Parked>,
-    ready: Receiver<Parked>,
-    /// Wakes the parker: a connection to park, or a connection ended during a stop.
-    incoming: EventFd,
-    /// One count per connection waiting in `ready` (EFD_SEMAPHORE: each read takes one).
-    ready_count: EventFd,
+    epoll: Epoll,
+    slots: Box<[Slot]>,
+    /// Slots never used yet start here.
+    fresh: AtomicUsize,
+    free: SegQueue<u32>,
+    /// Wakes the housekeeper: a connection ended during a stop.
+    wake_keeper: EventFd,
     /// Readable once the worker has nothing left to do: every thread exits.
     done: EventFd,
     /// Connections held by serving threads.
     active: AtomicUsize,
-    /// Connections held by the parker.
+    /// Connections in slots.
     parked: AtomicUsize,
-    /// Serving threads waiting for work.
-    idle_threads: AtomicUsize,
-    /// No serving thread could start: the parker must not wait for anything.
+    /// No serving thread runs: the housekeeper must not wait for anything.
     abandoned: AtomicBool,
+    started: Instant,
 }
 
 impl Parking {
     pub fn new() -> nix::Result<Self> {
-        let (to_parker, from_threads) = unbounded();
-        let (to_threads, ready) = unbounded();
         let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+        let done = EventFd::from_flags(flags)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(&done, EpollEvent::new(EpollFlags::EPOLLIN, DONE_TOKEN))?;
+        // SAFETY: all-zero bytes are a valid Slot (FREE, deadline 0, no connection: `None`
+        // of a Box is the null pointer). Zeroed memory from the allocator is untouched until
+        // used, so unused slots cost no RSS.
+        let slots = unsafe { Box::<[Slot]>::new_zeroed_slice(MAX_PARKED).assume_init() };
         Ok(Self {
-            to_parker,
-            from_threads,
-            to_threads,
-            ready,
-            incoming: EventFd::from_flags(flags)?,
-            ready_count: EventFd::from_flags(flags | EfdFlags::EFD_SEMAPHORE)?,
-            done: EventFd::from_flags(flags)?,
+            epoll,
+            slots,
+            fresh: AtomicUsize::new(0),
+            free: SegQueue::new(),
+            wake_keeper: EventFd::from_flags(flags)?,
+            done,
             active: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
-            idle_threads: AtomicUsize::new(0),
             abandoned: AtomicBool::new(false),
+            started: Instant::now(),
         })
     }
 
-    pub fn ready_fd(&self) -> BorrowedFd<'_> {
-        self.ready_count.as_fd()
+    /// Listeners (EPOLLEXCLUSIVE: one wake-up per connection across the workers sharing
+    /// the socket) and the stop pipe join the shared set.
+    pub fn watch(&self, listeners: &[BorrowedFd<'_>], stop_fd: BorrowedFd<'_>) -> nix::Result<()> {
+        for (i, fd) in listeners.iter().enumerate() {
+            let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
+            self.epoll
+                .add(fd, EpollEvent::new(flags, LISTENER_BASE + i as u64))?;
+        }
+        self.epoll
+            .add(stop_fd, EpollEvent::new(EpollFlags::EPOLLIN, STOP_TOKEN))
     }
 
-    pub fn done_fd(&self) -> BorrowedFd<'_> {
-        self.done.as_fd()
+    /// Stop accepting: the listeners and the stop pipe leave the shared set (any thread may
+    /// call this; later calls find them gone).
+    pub fn unwatch(&self, listeners: &[BorrowedFd<'_>], stop_fd: BorrowedFd<'_>) {
+        for fd in listeners {
+            let _ = self.epoll.delete(fd);
+        }
+        let _ = self.epoll.delete(stop_fd);
     }
 
-    /// No serving thread runs: make the parker return.
-    pub fn abandon(&self) {
-        self.abandoned.store(true, Ordering::SeqCst);
-        let _ = self.incoming.write(1);
+    /// Block until the next event for this thread.
+    pub fn wait(&self) -> nix::Result<Event> {
+        let mut events = [EpollEvent::empty()];
+        let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => return Ok(Event::Nothing),
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(Event::Nothing);
+        }
+        Ok(match events[0].data() {
+            STOP_TOKEN => Event::Stop,
+            DONE_TOKEN => Event::Done,
+            t if t >= LISTENER_BASE => Event::Listener((t - LISTENER_BASE) as usize),
+            t => self.resume(t).map_or(Event::Nothing, Event::Resume),
+        })
     }
 
     /// A serving thread took a new connection.
@@ -98,158 +167,167 @@ impl Parking {
     /// A serving thread closed a connection.
     pub fn ended(&self) {
         self.active.fetch_sub(1, Ordering::SeqCst);
-        // During a stop the parker decides when the worker is done.
-        let _ = self.incoming.write(1);
+        // During a stop the housekeeper decides when the worker is done.
+        let _ = self.wake_keeper.write(1);
     }
 
-    /// A serving thread hands over an idle connection.
-    pub fn park(&self, conn: Parked) {
+    /// A serving thread hands over an idle connection. Err gives it back when it cannot be
+    /// parked (the caller closes it).
+    pub fn park(&self, conn: Box<Parked>) -> Result<(), Box<Parked>> {
+        let index = match self.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                let i = self.fresh.fetch_add(1, Ordering::Relaxed);
+                if i >= self.slots.len() {
+                    self.fresh.fetch_sub(1, Ordering::Relaxed);
+                    return Err(conn);
+                }
+                i
+            }
+        };
+        let slot = &self.slots[index];
+        let generation = (slot.state.load(Ordering::Acquire) >> 2) + 1;
+        let token = (generation << 32) | index as u64;
+        slot.state
+            .store(generation << 2 | PARKING, Ordering::Release);
+        slot.deadline_ms
+            .store(self.ms(conn.idle_until), Ordering::Relaxed);
+        let registered = conn.registered;
+        let mut boxed = conn;
+        boxed.registered = true;
+        let fd = boxed.tls.get_ref().as_raw_fd();
+        // SAFETY: this thread owns the slot (PARKING); nobody reads `conn` until PARKED.
+        unsafe { *slot.conn.get() = Some(boxed) };
+        // SAFETY: the connection (and so its fd) lives in the slot, which this thread owns.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
+        let armed = if registered {
+            self.epoll.modify(fd, &mut EpollEvent::new(interest, token))
+        } else {
+            self.epoll.add(fd, EpollEvent::new(interest, token))
+        };
+        if armed.is_err() {
+            // Cannot watch it: give it back.
+            return match self.take(index) {
+                Some(conn) => Err(conn),
+                None => Ok(()),
+            };
+        }
         // Counted as parked before it stops counting as active: never in neither.
         self.parked.fetch_add(1, Ordering::SeqCst);
         self.active.fetch_sub(1, Ordering::SeqCst);
-        if self.to_parker.send(conn).is_ok() {
-            let _ = self.incoming.write(1);
-        }
+        slot.state
+            .store(generation << 2 | PARKED, Ordering::Release);
+        Ok(())
     }
 
-    /// Whether a thread may keep its idle connection a little longer. With no more open
-    /// connections than threads, every connection can have a thread: yes. With more, only
-    /// while nothing waits for a thread and another thread is free for new work, so nobody
-    /// starves behind lingering threads.
-    pub fn may_linger(&self, threads: usize) -> bool {
-        let open = self.active.load(Ordering::Relaxed) + self.parked.load(Ordering::Relaxed);
-        if open <= threads {
-            return true;
+    /// An event for parked token `token`: take the connection if it is still there.
+    fn resume(&self, token: u64) -> Option<Box<Parked>> {
+        let index = (token & 0xffff_ffff) as usize;
+        let generation = token >> 32;
+        let slot = self.slots.get(index)?;
+        loop {
+            match slot.state.compare_exchange(
+                generation << 2 | PARKED,
+                generation << 2 | TAKEN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                // Armed before it was published: its owner is a few instructions away.
+                Err(s) if s == generation << 2 | PARKING => std::hint::spin_loop(),
+                // Expired meanwhile, or a later generation: not ours.
+                Err(_) => return None,
+            }
         }
-        self.ready.is_empty() && self.idle_threads.load(Ordering::Relaxed) > 0
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+        self.take(index)
     }
 
-    /// A serving thread starts or stops waiting for work.
-    pub fn thread_idle(&self, idle: bool) {
-        if idle {
-            self.idle_threads.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.idle_threads.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// Empty a slot this thread holds (TAKEN, or PARKING by its parker), and free it.
+    fn take(&self, index: usize) -> Option<Box<Parked>> {
+        let slot = &self.slots[index];
+        // SAFETY: the caller owns the slot (see above), so it alone touches `conn`.
+        let conn = unsafe { (*slot.conn.get()).take() };
+        let generation = slot.state.load(Ordering::Acquire) >> 2;
+        slot.state.store(generation << 2 | FREE, Ordering::Release);
+        self.free.push(index as u32);
+        conn
     }
 
-    /// A serving thread was woken through `ready_fd`: take one connection, if it is still
-    /// there (another thread may have taken it).
-    pub fn take_ready(&self) -> Option<Parked> {
-        match self.ready_count.read() {
-            Ok(_) => self.ready.try_recv().ok(),
-            Err(_) => None,
-        }
+    fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.started).as_millis() as u64
     }
 
-    /// The parker thread. Returns once `stopping()` holds and no connection is left.
-    /// `closed` is called for each connection the parker closes (idle past its time).
-    pub fn run_parker(
-        &self,
-        stop_fd: BorrowedFd<'_>,
-        stopping: &dyn Fn() -> bool,
-        closed: &dyn Fn(),
-    ) {
-        if let Err(e) = self.parker_loop(stop_fd, stopping, closed) {
-            log::error!("parker: {e}; idle connections are closed");
+    /// No serving thread runs: make the housekeeper return.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        let _ = self.wake_keeper.write(1);
+    }
+
+    /// The housekeeper thread: closes connections idle past their time (`closed` is called
+    /// for each) and returns, releasing every serving thread, once `stopping()` holds and
+    /// no connection is left.
+    pub fn run_housekeeper(&self, stopping: &dyn Fn() -> bool, closed: &dyn Fn()) {
+        if let Err(e) = self.housekeeping(stopping, closed) {
+            log::error!("housekeeper: {e}");
         }
-        // Whatever happens, let the serving threads go.
         let _ = self.done.write(1);
     }
 
-    fn parker_loop(
-        &self,
-        stop_fd: BorrowedFd<'_>,
-        stopping: &dyn Fn() -> bool,
-        closed: &dyn Fn(),
-    ) -> nix::Result<()> {
+    fn housekeeping(&self, stopping: &dyn Fn() -> bool, closed: &dyn Fn()) -> nix::Result<()> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(
-            &self.incoming,
-            EpollEvent::new(EpollFlags::EPOLLIN, INCOMING_TOKEN),
-        )?;
-        epoll.add(stop_fd, EpollEvent::new(EpollFlags::EPOLLIN, STOP_TOKEN))?;
-        let mut slab: Vec<Option<Parked>> = Vec::new();
-        let mut free: Vec<usize> = Vec::new();
-        let mut events = vec![EpollEvent::empty(); 256];
+        epoll.add(&self.wake_keeper, EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
+        let mut events = [EpollEvent::empty()];
         let mut next_sweep = Instant::now() + SWEEP;
-        let mut stop_seen = false;
         loop {
             let wait = next_sweep.saturating_duration_since(Instant::now());
             let timeout = EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::ZERO);
-            let n = match epoll.wait(&mut events, timeout) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => 0,
+            match epoll.wait(&mut events, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e),
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    INCOMING_TOKEN => {
-                        let _ = self.incoming.read();
-                        while let Ok(conn) = self.from_threads.try_recv() {
-                            let token = free.pop().unwrap_or_else(|| {
-                                slab.push(None);
-                                slab.len() - 1
-                            });
-                            let interest = EpollFlags::EPOLLIN
-                                | EpollFlags::EPOLLRDHUP
-                                | EpollFlags::EPOLLONESHOT;
-                            if epoll
-                                .add(conn.tls.get_ref(), EpollEvent::new(interest, token as u64))
-                                .is_err()
-                            {
-                                // Cannot watch it: close it.
-                                self.parked.fetch_sub(1, Ordering::SeqCst);
-                                closed();
-                                free.push(token);
-                                continue;
-                            }
-                            slab[token] = Some(conn);
-                        }
-                    }
-                    STOP_TOKEN => {
-                        // Level-triggered and never drained: watch it once.
-                        let _ = epoll.delete(stop_fd);
-                        stop_seen = true;
-                    }
-                    token => {
-                        let Some(conn) = slab.get_mut(token as usize).and_then(Option::take) else {
-                            continue;
-                        };
-                        free.push(token as usize);
-                        let _ = epoll.delete(conn.tls.get_ref());
-                        self.active.fetch_add(1, Ordering::SeqCst);
-                        self.parked.fetch_sub(1, Ordering::SeqCst);
-                        if self.to_threads.send(conn).is_ok() {
-                            let _ = self.ready_count.write(1);
-                        }
-                    }
-                }
+            }
+            let _ = self.wake_keeper.read();
+            if self.abandoned.load(Ordering::SeqCst) {
+                return Ok(());
             }
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + SWEEP;
-                for (token, entry) in slab.iter_mut().enumerate() {
-                    if entry.as_ref().is_some_and(|c| c.idle_until <= now) {
-                        if let Some(conn) = entry.take() {
-                            let _ = epoll.delete(conn.tls.get_ref());
-                            // Closed without close_notify: writing it could block.
-                            drop(conn);
-                            self.parked.fetch_sub(1, Ordering::SeqCst);
-                            closed();
-                            free.push(token);
-                        }
-                    }
-                }
+                self.sweep(self.ms(now), closed);
             }
-            if self.abandoned.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            if (stop_seen || stopping())
+            if stopping()
                 && self.parked.load(Ordering::SeqCst) == 0
                 && self.active.load(Ordering::SeqCst) == 0
             {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Close parked connections whose idle time is over (without close_notify: writing it
+    /// could block).
+    fn sweep(&self, now_ms: u64, closed: &dyn Fn()) {
+        let used = self.fresh.load(Ordering::Relaxed).min(self.slots.len());
+        for (index, slot) in self.slots[..used].iter().enumerate() {
+            let state = slot.state.load(Ordering::Acquire);
+            if state & 3 != PARKED || slot.deadline_ms.load(Ordering::Relaxed) > now_ms {
+                continue;
+            }
+            let taken = state & !3 | TAKEN;
+            if slot
+                .state
+                .compare_exchange(state, taken, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            self.parked.fetch_sub(1, Ordering::SeqCst);
+            if let Some(conn) = self.take(index) {
+                let _ = self.epoll.delete(conn.tls.get_ref());
+                drop(conn);
+                closed();
             }
         }
     }

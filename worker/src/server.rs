@@ -2,7 +2,7 @@
 //! forked worker.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
@@ -214,19 +214,24 @@ impl Server {
             .chain(redirects)
             .filter_map(|(i, kind)| sockets.get(i).map(|&socket| Served { kind, socket }))
             .collect();
+        let listener_fds: Vec<BorrowedFd<'_>> = served.iter().map(|s| s.socket.as_fd()).collect();
+        shared
+            .parking
+            .watch(&listener_fds, env.stop_fd)
+            .map_err(RunError::Epoll)?;
         thread::scope(|scope| {
             let shared = &shared;
-            let parker = thread::Builder::new()
-                .name("parker".into())
+            let keeper = thread::Builder::new()
+                .name("housekeeper".into())
                 .stack_size(THREAD_STACK)
                 .spawn_scoped(scope, move || {
                     shared
                         .parking
-                        .run_parker(env.stop_fd, &|| shared.stop_requested(), &|| {
+                        .run_housekeeper(&|| shared.stop_requested(), &|| {
                             shared.activity.connection_closed()
                         })
                 });
-            if let Err(e) = parker {
+            if let Err(e) = keeper {
                 return Err(RunError::Threads(e));
             }
             let mut started = 0;
@@ -247,7 +252,7 @@ impl Server {
             }
             match (started, last_err) {
                 (0, Some(e)) => {
-                    // Nothing can serve: let the parker go and report.
+                    // Nothing can serve: let the housekeeper go and report.
                     shared.parking.abandon();
                     Err(RunError::Threads(e))
                 }
