@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    SslAcceptor, SslAcceptorBuilder, SslMethod, SslOptions, SslSessionCacheMode, SslVerifyMode,
-    SslVersion,
+    SslAcceptor, SslAcceptorBuilder, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
+    SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 
@@ -98,6 +98,9 @@ pub fn build_acceptor(tls: &TlsSettings, addr: SocketAddr) -> Result<SslAcceptor
     let context = session_context(tls.session_context.as_deref(), addr);
     b.set_session_id_context(&context).map_err(ctx_err)?;
     b.set_session_cache_mode(SslSessionCacheMode::SERVER);
+    // Idle (parked) connections give their record buffers back: thousands of kept-alive
+    // connections then cost a few KiB each instead of ~34 KiB.
+    b.set_mode(SslMode::RELEASE_BUFFERS);
     Ok(b.build())
 }
 
