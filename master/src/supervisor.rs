@@ -39,6 +39,7 @@ pub fn run(app: &mut dyn Application) -> Result<(), StartError> {
         logfile::open(path)
             .map_err(|e| StartError::Config(format!("log-file {}: {e}", path.display())))?;
     }
+    raise_fd_limit();
     let identity = Identity::resolve(restart.uid.as_deref(), restart.gid.as_deref())?;
     if identity.is_none() && current_is_root() {
         log::warn!("running as root without uid: WORKERS WILL RUN AS ROOT; set uid and gid");
@@ -542,6 +543,20 @@ impl Supervisor<'_> {
             total_bytes: self.retired_bytes + workers.iter().map(|w| w.bytes).sum::<u64>(),
             workers,
         }
+    }
+}
+
+/// Every connection costs a descriptor (two with a backend): take the hard limit, as nginx's
+/// `worker_rlimit_nofile` would be set by hand. Workers inherit it.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => log::info!("open files limit raised from {soft} to {hard}"),
+            Err(e) => log::warn!("cannot raise the open files limit from {soft}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot read the open files limit: {e}"),
     }
 }
 
