@@ -13,6 +13,7 @@ mod responder;
 mod server;
 mod session;
 mod settings;
+mod ssl_ext;
 mod tls;
 
 pub use server::{Activity, BuildError, RunError, Server, WorkerEnv};
