@@ -155,6 +155,7 @@ impl<'a, 's> Conn<'a, 's> {
     }
 
     fn into_parked(self) -> Parked {
+        crate::ssl_ext::free_buffers(self.tls.ssl());
         let t = self.shared.settings.timeouts;
         // The first request gets the head timeout, later ones the keep-alive time.
         let idle = if self.served_any {

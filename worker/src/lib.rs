@@ -16,6 +16,7 @@ mod server;
 mod session;
 mod settings;
 mod sni;
+mod ssl_ext;
 mod tickets;
 mod tls;
 mod tls_option;
