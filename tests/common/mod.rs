@@ -10,6 +10,7 @@ pub mod backend;
 pub mod certs;
 pub mod client;
 pub mod compat;
+pub mod http_peers;
 pub mod lifecycle;
 pub mod ports;
 pub mod procs;

@@ -3,20 +3,19 @@
 //! next request arrived.
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{accept4, SockFlag};
-use openssl::ssl::{ErrorCode, HandshakeError, SslAcceptor, SslStream};
+use openssl::ssl::{ErrorCode, HandshakeError, SslStream};
 
 use crate::conn::{Conn, ThreadState};
 use crate::http::errors::plaintext_on_tls_port;
-use crate::park::{Event, Parked};
+use crate::park::{Event, Parked, Stage};
 use crate::redirect;
 use crate::server::{Kind, ListenerRt, Served, Shared};
 use crate::session::ConnInfo;
@@ -109,60 +108,36 @@ enum Outcome {
 }
 
 /// A new connection: refuse plain HTTP, handshake within `handshake-timeout`, serve.
+/// A new connection: it goes through its stages (PROXY header, first byte, handshake) as
+/// its peer sends, parked in between, so a slow or silent client holds no thread.
 fn accept(
     shared: &Shared,
     listener: &ListenerRt,
     tcp: TcpStream,
     local: &mut ThreadState,
 ) -> Outcome {
-    let result = (|| {
-        let mut peer = tcp.peer_addr().ok()?;
-        let local_addr = tcp.local_addr().ok()?;
-        let t = shared.settings.timeouts;
-        let deadline = Instant::now() + t.handshake;
-        tcp.set_nodelay(true).ok()?;
-        tcp.set_read_timeout(Some(t.handshake)).ok()?;
-        if listener.proxy_protocol {
-            // Within the same handshake-timeout: the header, then the handshake.
-            match crate::proxy_protocol::read_header(&tcp, t.handshake) {
-                Ok(header) => peer = header.addrs.map_or(peer, |(source, _)| source),
-                Err(e) => {
-                    log::debug!("{peer}: refused on {}: {e}", listener.addr);
-                    return None;
-                }
-            }
-        }
-        let mut first = [0u8; 1];
-        match tcp.peek(&mut first) {
-            Ok(1) if first[0] == 0x16 => {}
-            Ok(1) if first[0].is_ascii_uppercase() => {
-                log::debug!("{peer}: plain HTTP on the TLS port {}", listener.addr);
-                let _ = tcp.set_write_timeout(Some(t.handshake));
-                let _ = (&tcp).write_all(plaintext_on_tls_port());
-                return None;
-            }
-            _ => return None,
-        }
-        let tls = match handshake(&listener.acceptor, tcp, deadline) {
-            Ok(s) => s,
-            Err(e) => {
-                log::debug!("{peer}: TLS handshake on {} failed: {e}", listener.addr);
-                return None;
-            }
-        };
-        let info = ConnInfo::from_ssl(tls.ssl(), peer, local_addr, listener.export_cert);
-        Some((tls, info))
-    })();
-    match result {
-        Some((tls, info)) => serve(shared, Conn::new(tls, shared, listener, info, local), false),
-        None => {
-            shared.conn_closed();
-            Outcome::Closed
-        }
+    let Ok(peer) = tcp.peer_addr() else {
+        shared.conn_closed();
+        return Outcome::Closed;
+    };
+    if tcp.set_nodelay(true).is_err() || tcp.set_nonblocking(true).is_err() {
+        shared.conn_closed();
+        return Outcome::Closed;
     }
+    let parked = Parked {
+        stage: Stage::Fresh {
+            tcp,
+            peer,
+            proxy_done: false,
+        },
+        listener: listener.index,
+        deadline: Instant::now() + shared.settings.timeouts.handshake,
+        registered: false,
+    };
+    advance(shared, listener, Box::new(parked), local, false)
 }
 
-/// A parked connection whose next request has arrived.
+/// A parked connection whose peer went on.
 fn resume(
     shared: &Shared,
     served: &[Served<'_>],
@@ -173,73 +148,191 @@ fn resume(
         shared.conn_closed();
         return Outcome::Closed;
     };
-    let conn = Conn::resume(conn, shared, listener, local);
-    serve(shared, conn, true)
+    advance(shared, listener, conn, local, true)
 }
 
-/// Serve until the connection closes or goes idle (then park it). `due`: the parker saw
-/// its next request arrive.
-fn serve(shared: &Shared, conn: Conn<'_, '_>, due: bool) -> Outcome {
-    match conn.serve(due) {
-        Some(parked) => match shared.parking.park(parked) {
-            Ok(()) => Outcome::Parked,
-            Err(conn) => {
-                log::warn!(
-                    "{}: cannot park an idle connection; closing it",
-                    conn.info.peer
-                );
-                drop(conn);
-                shared.conn_closed();
-                Outcome::Closed
+/// Take a connection as far as its peer allows: park it when it must wait, serve it once
+/// its handshake is done. `ready`: its fd was just reported ready.
+fn advance(
+    shared: &Shared,
+    listener: &ListenerRt,
+    mut conn: Box<Parked>,
+    local: &mut ThreadState,
+    ready: bool,
+) -> Outcome {
+    let peer = conn.peer();
+    loop {
+        let Parked {
+            stage,
+            deadline,
+            registered,
+            ..
+        } = *conn;
+        let next = match stage {
+            Stage::Fresh {
+                tcp,
+                peer,
+                proxy_done,
+            } => first_bytes(shared, listener, (tcp, peer, proxy_done), deadline),
+            Stage::Handshaking { mid, peer, .. } => {
+                continue_handshake(listener, mid.handshake(), peer)
             }
-        },
-        None => {
+            Stage::Idle {
+                tls,
+                info,
+                served_any,
+            } => {
+                let conn = Conn::new((tls, info, served_any, registered), shared, listener, local);
+                return serve(shared, conn, ready);
+            }
+        };
+        let wait = matches!(next, Step::Wait(_));
+        match next {
+            Step::Go(stage) | Step::Wait(stage) => {
+                *conn = Parked {
+                    stage,
+                    listener: listener.index,
+                    deadline,
+                    registered,
+                };
+                if wait {
+                    return park(shared, conn);
+                }
+            }
+            Step::Close(why) => {
+                if let Some(why) = why {
+                    log::debug!("{peer}: closed on {}: {why}", listener.addr);
+                }
+                shared.conn_closed();
+                return Outcome::Closed;
+            }
+        }
+    }
+}
+
+/// What a stage led to.
+enum Step {
+    /// On to this stage at once.
+    Go(Stage),
+    /// Park in this stage until the peer goes on.
+    Wait(Stage),
+    Close(Option<String>),
+}
+
+/// A fresh connection: the PROXY header if the listener wants one, then the first byte of
+/// TLS. Plain HTTP gets a short 400.
+fn first_bytes(
+    shared: &Shared,
+    listener: &ListenerRt,
+    (tcp, mut peer, mut proxy_done): (TcpStream, SocketAddr, bool),
+    deadline: Instant,
+) -> Step {
+    let mut first = [0u8; 1];
+    loop {
+        match tcp.peek(&mut first) {
+            Ok(0) => return Step::Close(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Step::Wait(Stage::Fresh {
+                    tcp,
+                    peer,
+                    proxy_done,
+                })
+            }
+            Err(e) => return Step::Close(Some(e.to_string())),
+        }
+        if proxy_done || !listener.proxy_protocol {
+            break;
+        }
+        // A balancer sends its header in one piece: read it blocking within what is left of
+        // handshake-timeout, then wait for the ClientHello like any fresh connection.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let header = tcp
+            .set_nonblocking(false)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                crate::proxy_protocol::read_header(&tcp, left.max(Duration::from_millis(1)))
+                    .map_err(|e| e.to_string())
+            });
+        match header {
+            Ok(header) => peer = header.addrs.map_or(peer, |(source, _)| source),
+            Err(e) => return Step::Close(Some(format!("PROXY header: {e}"))),
+        }
+        if let Err(e) = tcp.set_nonblocking(true) {
+            return Step::Close(Some(e.to_string()));
+        }
+        proxy_done = true;
+    }
+    match first[0] {
+        0x16 => continue_handshake(listener, listener.acceptor.accept(tcp), peer),
+        b if b.is_ascii_uppercase() => {
+            let _ = tcp.set_nonblocking(false);
+            let _ = tcp.set_write_timeout(Some(shared.settings.timeouts.handshake));
+            let _ = (&tcp).write_all(plaintext_on_tls_port());
+            Step::Close(Some("plain HTTP on the TLS port".into()))
+        }
+        _ => Step::Close(Some("not TLS".into())),
+    }
+}
+
+/// One step of a non-blocking handshake.
+fn continue_handshake(
+    listener: &ListenerRt,
+    attempt: Result<SslStream<TcpStream>, HandshakeError<TcpStream>>,
+    peer: SocketAddr,
+) -> Step {
+    match attempt {
+        Ok(tls) => {
+            // Requests are served with blocking OpenSSL and socket timeouts.
+            if let Err(e) = tls.get_ref().set_nonblocking(false) {
+                return Step::Close(Some(e.to_string()));
+            }
+            let Ok(local) = tls.get_ref().local_addr() else {
+                return Step::Close(None);
+            };
+            let info = ConnInfo::from_ssl(tls.ssl(), peer, local, listener.export_cert);
+            Step::Go(Stage::Idle {
+                tls,
+                info,
+                served_any: false,
+            })
+        }
+        Err(HandshakeError::WouldBlock(mid)) => {
+            let want_write = mid.error().code() == ErrorCode::WANT_WRITE;
+            Step::Wait(Stage::Handshaking {
+                mid,
+                peer,
+                want_write,
+            })
+        }
+        Err(HandshakeError::Failure(mid)) => {
+            Step::Close(Some(format!("TLS handshake failed: {}", mid.error())))
+        }
+        Err(HandshakeError::SetupFailure(e)) => Step::Close(Some(e.to_string())),
+    }
+}
+
+/// Park a connection; one that cannot be parked is closed.
+fn park(shared: &Shared, conn: Box<Parked>) -> Outcome {
+    match shared.parking.park(conn) {
+        Ok(()) => Outcome::Parked,
+        Err(conn) => {
+            log::warn!("{}: cannot park a connection; closing it", conn.peer());
+            drop(conn);
             shared.conn_closed();
             Outcome::Closed
         }
     }
 }
 
-/// The TLS handshake, done within `deadline` in total: non-blocking steps with poll(2), so a
-/// client that trickles its handshake bytes cannot hold a thread longer than
-/// `handshake-timeout`. The stream is blocking again afterwards.
-fn handshake(
-    acceptor: &SslAcceptor,
-    tcp: TcpStream,
-    deadline: Instant,
-) -> Result<SslStream<TcpStream>, String> {
-    tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let mut attempt = acceptor.accept(tcp);
-    loop {
-        match attempt {
-            Ok(stream) => {
-                stream
-                    .get_ref()
-                    .set_nonblocking(false)
-                    .map_err(|e| e.to_string())?;
-                return Ok(stream);
-            }
-            Err(HandshakeError::WouldBlock(mid)) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err("handshake-timeout reached".into());
-                }
-                let events = if mid.error().code() == ErrorCode::WANT_WRITE {
-                    PollFlags::POLLOUT
-                } else {
-                    PollFlags::POLLIN
-                };
-                let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-                let mut fds = [PollFd::new(mid.get_ref().as_fd(), events)];
-                match poll(&mut fds, timeout) {
-                    Ok(0) => return Err("handshake-timeout reached".into()),
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-                attempt = mid.handshake();
-            }
-            Err(HandshakeError::Failure(mid)) => return Err(mid.error().to_string()),
-            Err(HandshakeError::SetupFailure(e)) => return Err(e.to_string()),
+/// Serve until the connection closes or goes idle (then park it). `due`: the parker saw
+/// its next request arrive.
+fn serve(shared: &Shared, conn: Conn<'_, '_>, due: bool) -> Outcome {
+    match conn.serve(due) {
+        Some(parked) => park(shared, parked),
+        None => {
+            shared.conn_closed();
+            Outcome::Closed
         }
     }
 }

@@ -53,13 +53,17 @@ pub fn request_packet(
 
 /// One `HTTP_*` var per header name; repeated headers are joined with ", " (cookies with
 /// "; ", the only separator cookie parsers accept). Names with '_' are dropped, as nginx
-/// does: `X_Forwarded_For` would otherwise pose as `X-Forwarded-For`.
+/// does: `X_Forwarded_For` would otherwise pose as `X-Forwarded-For`. Transfer-Encoding
+/// is dropped: the backend gets the body de-chunked.
 fn header_vars(p: &mut Packet, head: &RequestHead) {
     let headers = &head.headers;
     for (i, (name, _)) in headers.iter().enumerate() {
         if name.contains('_')
             || name.eq_ignore_ascii_case("content-type")
             || name.eq_ignore_ascii_case("content-length")
+            // The body reaches the backend de-chunked, with CONTENT_LENGTH: a
+            // Transfer-Encoding var would make WSGI frameworks read it as empty.
+            || name.eq_ignore_ascii_case("transfer-encoding")
             || headers[..i]
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))

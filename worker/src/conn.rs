@@ -11,7 +11,7 @@ use crate::backend::pool::Pool;
 use crate::http::chunked::{Decoder, Step};
 use crate::http::errors::Status;
 use crate::http::request::{self, BodyFraming, RequestHead};
-use crate::park::Parked;
+use crate::park::{Parked, Stage};
 use crate::server::{ListenerRt, Shared};
 use crate::session::ConnInfo;
 use crate::{proxy, responder};
@@ -70,11 +70,12 @@ pub struct Conn<'a, 's> {
 }
 
 impl<'a, 's> Conn<'a, 's> {
+    /// A connection past its handshake: `served_any` requests before, `registered` in the
+    /// shared epoll set.
     pub fn new(
-        tls: SslStream<TcpStream>,
+        (tls, info, served_any, registered): (SslStream<TcpStream>, ConnInfo, bool, bool),
         shared: &'s Shared<'s>,
         listener: &'s ListenerRt,
-        info: ConnInfo,
         local: &'a mut ThreadState,
     ) -> Self {
         Self {
@@ -85,28 +86,8 @@ impl<'a, 's> Conn<'a, 's> {
             buf: Vec::new(),
             local,
             read_timeout: None,
-            served_any: false,
-            registered: false,
-        }
-    }
-
-    /// A parked connection whose next request arrived.
-    pub fn resume(
-        parked: Box<Parked>,
-        shared: &'s Shared<'s>,
-        listener: &'s ListenerRt,
-        local: &'a mut ThreadState,
-    ) -> Self {
-        Self {
-            tls: parked.tls,
-            shared,
-            listener,
-            info: parked.info,
-            buf: Vec::new(),
-            local,
-            read_timeout: None,
-            served_any: parked.served_any,
-            registered: parked.registered,
+            served_any,
+            registered,
         }
     }
 
@@ -164,12 +145,14 @@ impl<'a, 's> Conn<'a, 's> {
             t.headers
         };
         Parked {
-            idle_until: Instant::now() + idle,
-            tls: self.tls,
-            info: self.info,
+            deadline: Instant::now() + idle,
             listener: self.listener.index,
-            served_any: self.served_any,
             registered: self.registered,
+            stage: Stage::Idle {
+                tls: self.tls,
+                info: self.info,
+                served_any: self.served_any,
+            },
         }
     }
 

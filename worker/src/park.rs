@@ -10,8 +10,8 @@
 //! worker is done.
 
 use std::cell::UnsafeCell;
-use std::net::TcpStream;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use crossbeam_queue::SegQueue;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use openssl::ssl::SslStream;
+use openssl::ssl::{MidHandshakeSslStream, SslStream};
 
 use crate::session::ConnInfo;
 
@@ -41,18 +41,67 @@ const PARKED: u64 = 2;
 /// Taken by a serving thread or the housekeeper.
 const TAKEN: u64 = 3;
 
-/// An idle connection between two requests.
+/// A connection waiting for its peer, holding no thread.
 pub struct Parked {
-    pub tls: SslStream<TcpStream>,
-    pub info: ConnInfo,
+    pub stage: Stage,
     /// Index of its listener in the worker's list.
     pub listener: usize,
-    /// When it is closed if no request arrives.
-    pub idle_until: Instant,
-    /// It served a request before (keep-alive), or waits for its first one.
-    pub served_any: bool,
+    /// When it is closed if its peer has not gone on.
+    pub deadline: Instant,
     /// Its fd is in the shared epoll set already (re-armed with MOD, not ADD).
     pub registered: bool,
+}
+
+/// Where a parked connection stands.
+pub enum Stage {
+    /// Accepted, nothing read yet: waits for a PROXY header or a ClientHello.
+    Fresh {
+        tcp: TcpStream,
+        peer: SocketAddr,
+        /// The PROXY header (if the listener wants one) was read.
+        proxy_done: bool,
+    },
+    /// In the TLS handshake: waits for the client's next flight (or for room to write).
+    Handshaking {
+        mid: MidHandshakeSslStream<TcpStream>,
+        peer: SocketAddr,
+        want_write: bool,
+    },
+    /// Between two requests.
+    Idle {
+        tls: SslStream<TcpStream>,
+        info: ConnInfo,
+        /// It served a request before (keep-alive), or waits for its first one.
+        served_any: bool,
+    },
+}
+
+impl Parked {
+    fn fd(&self) -> RawFd {
+        match &self.stage {
+            Stage::Fresh { tcp, .. } => tcp.as_raw_fd(),
+            Stage::Handshaking { mid, .. } => mid.get_ref().as_raw_fd(),
+            Stage::Idle { tls, .. } => tls.get_ref().as_raw_fd(),
+        }
+    }
+
+    fn wants_write(&self) -> bool {
+        matches!(
+            self.stage,
+            Stage::Handshaking {
+                want_write: true,
+                ..
+            }
+        )
+    }
+
+    /// The peer's address, for logs.
+    pub fn peer(&self) -> SocketAddr {
+        match &self.stage {
+            Stage::Fresh { peer, .. } | Stage::Handshaking { peer, .. } => *peer,
+            Stage::Idle { info, .. } => info.peer,
+        }
+    }
 }
 
 /// What one `wait` returned.
@@ -191,16 +240,21 @@ impl Parking {
         slot.state
             .store(generation << 2 | PARKING, Ordering::Release);
         slot.deadline_ms
-            .store(self.ms(conn.idle_until), Ordering::Relaxed);
+            .store(self.ms(conn.deadline), Ordering::Relaxed);
         let registered = conn.registered;
         let mut boxed = conn;
         boxed.registered = true;
-        let fd = boxed.tls.get_ref().as_raw_fd();
+        let fd = boxed.fd();
+        let direction = if boxed.wants_write() {
+            EpollFlags::EPOLLOUT
+        } else {
+            EpollFlags::EPOLLIN
+        };
         // SAFETY: this thread owns the slot (PARKING); nobody reads `conn` until PARKED.
         unsafe { *slot.conn.get() = Some(boxed) };
         // SAFETY: the connection (and so its fd) lives in the slot, which this thread owns.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
+        let interest = direction | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
         let armed = if registered {
             self.epoll.modify(fd, &mut EpollEvent::new(interest, token))
         } else {
@@ -325,7 +379,10 @@ impl Parking {
             }
             self.parked.fetch_sub(1, Ordering::SeqCst);
             if let Some(conn) = self.take(index) {
-                let _ = self.epoll.delete(conn.tls.get_ref());
+                // SAFETY: the fd belongs to `conn`, alive until the drop below.
+                let _ = self
+                    .epoll
+                    .delete(unsafe { BorrowedFd::borrow_raw(conn.fd()) });
                 drop(conn);
                 closed();
             }

@@ -33,6 +33,16 @@ const DROPPED: [&str; 14] = [
     "x-ssl-client-verify",
 ];
 
+/// The `X-Forwarded-*` and `X-SSL-*` families describe the client and its certificate to
+/// the backend: only we may set them (a backend trusting `X-SSL-Client-Cert` would be
+/// fooled otherwise).
+fn is_ours(name: &str) -> bool {
+    let lower = |prefix: &str| {
+        name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    lower("x-forwarded-") || lower("x-ssl-")
+}
+
 pub fn request_head(head: &RequestHead, info: &ConnInfo, body: BodyFraming) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method, head.target);
@@ -47,6 +57,7 @@ pub fn request_head(head: &RequestHead, info: &ConnInfo, body: BodyFraming) -> V
     let mut host = None;
     for (name, value) in &head.headers {
         let dropped = DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+            || is_ours(name)
             || connection_tokens
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(name.as_bytes()));
@@ -111,7 +122,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_spoofed_headers_are_replaced() {
-        let raw = b"POST /p?q HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 6.6.6.6\r\nX-SSL-Client-Verify: SUCCESS\r\nContent-Length: 3\r\nKeep-Alive: 5\r\nX-App: yes\r\n\r\n";
+        let raw = b"POST /p?q HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 6.6.6.6\r\nX-SSL-Client-Verify: SUCCESS\r\nX-SSL-Client-Cert: forged\r\nX-Forwarded-Port: 1\r\nContent-Length: 3\r\nKeep-Alive: 5\r\nX-App: yes\r\n\r\n";
         let head = request::parse(raw).expect("valid");
         let out =
             String::from_utf8(request_head(&head, &info(), BodyFraming::Length(3))).expect("utf8");
@@ -119,7 +130,14 @@ mod tests {
             out.starts_with("POST /p?q HTTP/1.1\r\nHost: example.com\r\nX-App: yes\r\n"),
             "{out}"
         );
-        for gone in ["X-Secret", "6.6.6.6", "Keep-Alive", "Connection"] {
+        for gone in [
+            "X-Secret",
+            "6.6.6.6",
+            "Keep-Alive",
+            "Connection",
+            "forged",
+            "Port",
+        ] {
             assert!(!out.contains(gone), "{gone} in {out}");
         }
         assert!(out.contains("X-Forwarded-For: 10.0.0.7\r\n"));
