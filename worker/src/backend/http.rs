@@ -56,8 +56,11 @@ pub fn request_head(head: &RequestHead, info: &ConnInfo, body: BodyFraming) -> V
         .collect();
     let mut host = None;
     for (name, value) in &head.headers {
+        // Names with '_' are dropped as on the uwsgi side (and by nginx): CGI-style servers
+        // would read `X_Forwarded_For` as `X-Forwarded-For`.
         let dropped = DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
             || is_ours(name)
+            || name.contains('_')
             || connection_tokens
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(name.as_bytes()));
@@ -122,7 +125,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_spoofed_headers_are_replaced() {
-        let raw = b"POST /p?q HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 6.6.6.6\r\nX-SSL-Client-Verify: SUCCESS\r\nX-SSL-Client-Cert: forged\r\nX-Forwarded-Port: 1\r\nContent-Length: 3\r\nKeep-Alive: 5\r\nX-App: yes\r\n\r\n";
+        let raw = b"POST /p?q HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 6.6.6.6\r\nX-SSL-Client-Verify: SUCCESS\r\nX-SSL-Client-Cert: forged\r\nX-Forwarded-Port: 1\r\nX_Forwarded_For: 7.7.7.7\r\nContent-Length: 3\r\nKeep-Alive: 5\r\nX-App: yes\r\n\r\n";
         let head = request::parse(raw).expect("valid");
         let out =
             String::from_utf8(request_head(&head, &info(), BodyFraming::Length(3))).expect("utf8");
