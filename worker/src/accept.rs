@@ -158,7 +158,7 @@ fn advance(
     listener: &ListenerRt,
     mut conn: Box<Parked>,
     local: &mut ThreadState,
-    ready: bool,
+    mut ready: bool,
 ) -> Outcome {
     let peer = conn.peer();
     loop {
@@ -187,6 +187,8 @@ fn advance(
             }
         };
         let wait = matches!(next, Step::Wait(_));
+        // Readiness was for the stage we resumed in, not for the next one.
+        ready = false;
         match next {
             Step::Go(stage) | Step::Wait(stage) => {
                 *conn = Parked {

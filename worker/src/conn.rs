@@ -136,7 +136,6 @@ impl<'a, 's> Conn<'a, 's> {
     }
 
     fn into_parked(self) -> Parked {
-        crate::ssl_ext::free_buffers(self.tls.ssl());
         let t = self.shared.settings.timeouts;
         // The first request gets the head timeout, later ones the keep-alive time.
         let idle = if self.served_any {
@@ -272,9 +271,15 @@ impl<'a, 's> Conn<'a, 's> {
     pub fn read_more(&mut self, timeout: Duration) -> io::Result<usize> {
         self.set_read_timeout(timeout)?;
         let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        let r = self.tls.read(&mut self.buf[len..]);
-        self.buf.truncate(len + *r.as_ref().unwrap_or(&0));
+        // Read into spare capacity: zero-filling 16 KiB before every read showed in profiles.
+        self.buf.reserve(READ_CHUNK);
+        let r = self
+            .tls
+            .read_uninit(&mut self.buf.spare_capacity_mut()[..READ_CHUNK]);
+        if let Ok(n) = r {
+            // SAFETY: read_uninit initialized the first `n` bytes of the spare capacity.
+            unsafe { self.buf.set_len(len + n) };
+        }
         r.or_else(|e| match e.kind() {
             // A peer that closes without close_notify: treat as end of stream.
             ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset => Ok(0),

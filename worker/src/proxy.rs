@@ -1,7 +1,7 @@
 //! Forwarding one request to a backend (uwsgi protocol or HTTP/1.1) and streaming its answer
 //! back.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 
 use crate::backend::http::{self as http_backend, BodyFraming as BackendFraming};
 use crate::backend::{BackendStream, Connected};
@@ -386,9 +386,12 @@ fn finish(out: &mut Vec<u8>, body: ClientBody) {
 /// Read once from the backend, appending to `buf`.
 fn read_into(backend: &mut BackendStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     let len = buf.len();
-    buf.resize(len + READ_CHUNK * 4, 0);
-    let r = backend.read(&mut buf[len..]);
-    buf.truncate(len + *r.as_ref().unwrap_or(&0));
+    buf.reserve(READ_CHUNK * 4);
+    let r = backend.read_uninit(&mut buf.spare_capacity_mut()[..READ_CHUNK * 4]);
+    if let Ok(n) = r {
+        // SAFETY: read_uninit initialized the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(len + n) };
+    }
     r
 }
 

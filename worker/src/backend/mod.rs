@@ -153,6 +153,24 @@ impl BackendStream {
         }
     }
 
+    /// Read into uninitialized memory (no zero-fill before each read). Honors the socket's
+    /// read timeout like `read`.
+    pub fn read_uninit(&mut self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.fd());
+        loop {
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes; recv(2) writes at most
+            // that many and never reads them.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     /// An idle keep-alive connection is usable when the peer has neither closed it nor sent
     /// anything unasked: a non-blocking peek must find nothing to read.
     pub fn is_idle_and_open(&self) -> bool {
