@@ -3,8 +3,10 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use openssl::ssl::SslStream;
 
 use crate::backend::pool::Pool;
@@ -129,10 +131,18 @@ impl<'a, 's> Conn<'a, 's> {
         None
     }
 
-    /// Nothing of a next request has arrived: neither raw bytes we hold nor decrypted bytes
-    /// OpenSSL holds (read-ahead is off, so it holds no undecrypted ones).
+    /// Nothing of a next request has arrived: no bytes we hold, no decrypted bytes OpenSSL
+    /// holds (read-ahead is off, so it holds no undecrypted ones), none in the socket.
     fn is_idle(&self) -> bool {
-        self.buf.is_empty() && self.tls.ssl().pending() == 0
+        self.buf.is_empty() && self.tls.ssl().pending() == 0 && !self.socket_readable()
+    }
+
+    /// Bytes wait in the socket already (a request sent right behind the handshake's last
+    /// flight, or behind the previous response): one poll(2) beats a trip through the
+    /// shared epoll set.
+    fn socket_readable(&self) -> bool {
+        let mut fds = [PollFd::new(self.tls.get_ref().as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
     fn into_parked(self) -> Parked {
