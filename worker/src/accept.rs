@@ -80,7 +80,7 @@ pub fn serve_thread(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<
 }
 
 /// Run one connection's work; a panic is logged and costs only that connection (the
-/// connection itself is dropped, and the parker is told it ended).
+/// connection itself is dropped, and the housekeeper is told it ended).
 fn guarded(
     shared: &Shared,
     local: &mut ThreadState,
@@ -327,7 +327,7 @@ fn park(shared: &Shared, conn: Box<Parked>) -> Outcome {
     }
 }
 
-/// Serve until the connection closes or goes idle (then park it). `due`: the parker saw
+/// Serve until the connection closes or goes idle (then park it). `due`: the epoll set saw
 /// its next request arrive.
 fn serve(shared: &Shared, conn: Conn<'_, '_>, due: bool) -> Outcome {
     match conn.serve(due) {

@@ -94,7 +94,7 @@ impl<'a, 's> Conn<'a, 's> {
     }
 
     /// Serve requests until the connection ends (None) or waits for a request with nothing
-    /// arrived (Some: park it). `due`: the parker saw the next request arrive, read it now.
+    /// arrived (Some: park it). `due`: the epoll set saw the next request arrive: read it now.
     pub fn serve(mut self, mut due: bool) -> Option<Box<Parked>> {
         let _ = self
             .tls
