@@ -1,5 +1,5 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::bind::Listener;
@@ -61,10 +61,6 @@ impl Stop {
     /// Ask this worker to stop accepting, as SIGTERM does (used on `max-requests`).
     pub fn trigger(&self) {
         crate::process::request_stop();
-    }
-
-    pub fn is_requested(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {

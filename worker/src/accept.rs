@@ -60,7 +60,7 @@ pub fn serve_thread(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<
                         guarded(shared, &mut local, |local| match listener.kind {
                             Kind::Tls(tls) => accept(shared, tls, tcp, local),
                             Kind::Redirect(r) => {
-                                redirect::serve(tcp, r.https_port, &shared.settings);
+                                redirect::serve(tcp, r.https_port, shared.settings);
                                 shared.conn_closed();
                                 Outcome::Closed
                             }

@@ -207,51 +207,57 @@ fn read_response(
     backend: &mut BackendStream,
     addr: &str,
 ) -> Result<(ResponseHead, usize, Vec<u8>), End> {
-    let peer = conn.info.peer;
     let mut rbuf = std::mem::take(&mut conn.local.scratch);
     rbuf.clear();
+    match read_head_into(&mut rbuf, head.is_head(), backend) {
+        Ok((resp, len)) => Ok((resp, len, rbuf)),
+        Err((status, why)) => {
+            log::warn!("{}: backend {addr}: {why}", conn.info.peer);
+            // The buffer goes back to the thread either way.
+            conn.local.scratch = rbuf;
+            Err(End::Answer(status))
+        }
+    }
+}
+
+/// Read until `rbuf` holds a final response head; Err: the status the client gets and why.
+fn read_head_into(
+    rbuf: &mut Vec<u8>,
+    is_head: bool,
+    backend: &mut BackendStream,
+) -> Result<(ResponseHead, usize), (Status, String)> {
     loop {
-        match response::parse(&rbuf, head.is_head()) {
+        match response::parse(rbuf, is_head) {
             Ok(Some((resp, _))) if resp.code == 101 => {
-                log::warn!("{peer}: backend {addr} switched protocols, which is not supported");
-                conn.local.scratch = rbuf;
-                return Err(End::Answer(Status::BadGateway));
+                return Err((
+                    Status::BadGateway,
+                    "switched protocols, which is not supported".into(),
+                ))
             }
             Ok(Some((resp, len))) if resp.code < 200 => {
                 // 100 Continue, 103 Early Hints: we answer 100-continue ourselves.
                 rbuf.drain(..len);
                 continue;
             }
-            Ok(Some((resp, len))) => return Ok((resp, len, rbuf)),
+            Ok(Some(parsed)) => return Ok(parsed),
             Ok(None) if rbuf.len() >= MAX_BACKEND_HEAD => {
-                log::warn!("{peer}: backend {addr} sent a head over {MAX_BACKEND_HEAD} bytes");
-                conn.local.scratch = rbuf;
-                return Err(End::Answer(Status::BadGateway));
+                let why = format!("sent a head over {MAX_BACKEND_HEAD} bytes");
+                return Err((Status::BadGateway, why));
             }
             Ok(None) => {}
-            Err(e) => {
-                log::warn!("{peer}: backend {addr}: {e}");
-                conn.local.scratch = rbuf;
-                return Err(End::Answer(Status::BadGateway));
-            }
+            Err(e) => return Err((Status::BadGateway, e.to_string())),
         }
-        let failure = match read_into(backend, &mut rbuf) {
+        match read_into(backend, rbuf) {
             Ok(0) => {
-                log::warn!("{peer}: backend {addr} closed before a complete response head");
-                Status::BadGateway
+                let why = "closed before a complete response head".into();
+                return Err((Status::BadGateway, why));
             }
-            Ok(_) => continue,
+            Ok(_) => {}
             Err(e) if is_timeout(&e) => {
-                log::warn!("{peer}: backend {addr} silent past http-timeout");
-                Status::GatewayTimeout
+                return Err((Status::GatewayTimeout, "silent past http-timeout".into()))
             }
-            Err(e) => {
-                log::warn!("{peer}: backend {addr}: {e}");
-                Status::BadGateway
-            }
-        };
-        conn.local.scratch = rbuf;
-        return Err(End::Answer(failure));
+            Err(e) => return Err((Status::BadGateway, e.to_string())),
+        }
     }
 }
 

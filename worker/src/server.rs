@@ -94,8 +94,8 @@ pub trait Activity: Sync {
 
 /// What every thread of a worker shares (read-only on the request path but for counters).
 pub struct Shared<'a> {
-    pub settings: Settings,
-    pub backends: Backends,
+    pub settings: &'a Settings,
+    pub backends: &'a Backends,
     pub activity: &'a dyn Activity,
     pub parking: Parking,
     stop: &'static AtomicBool,
@@ -135,7 +135,8 @@ impl Shared<'_> {
 /// Ready to run in a worker: built (and every file checked) in the master.
 pub struct Server {
     settings: Settings,
-    backends: Vec<crate::settings::BackendAddr>,
+    /// Resolved here, so a name that does not resolve fails the start or the reload.
+    backends: Backends,
     listeners: Vec<ListenerRt>,
     redirects: Vec<(usize, RedirectRt)>,
 }
@@ -181,10 +182,8 @@ impl Server {
             };
             redirects.push((r.socket, rt));
         }
-        // Resolve now so that a name that does not resolve fails the start or the reload.
-        Backends::resolve(&settings.backends).map_err(BuildError::Backend)?;
         Ok(Server {
-            backends: settings.backends.clone(),
+            backends: Backends::resolve(&settings.backends).map_err(BuildError::Backend)?,
             settings,
             listeners,
             redirects,
@@ -195,9 +194,8 @@ impl Server {
     /// `sockets` are all the sockets the master bound, in order.
     pub fn run(&self, sockets: &[&TcpListener], env: WorkerEnv<'_>) -> Result<(), RunError> {
         let shared = Shared {
-            settings: self.settings.clone(),
-            backends: Backends::resolve(&self.backends)
-                .map_err(|e| RunError::Threads(std::io::Error::other(e)))?,
+            settings: &self.settings,
+            backends: &self.backends,
             activity: env.activity,
             parking: Parking::new().map_err(RunError::Epoll)?,
             stop: env.stop_flag,
