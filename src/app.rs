@@ -102,6 +102,14 @@ impl worker::Activity for Activity<'_> {
         self.slot.request_finished(thread, bytes_sent);
     }
 
+    fn request_parked(&self, thread: usize) {
+        self.slot.request_parked(thread);
+    }
+
+    fn requests_waiting(&self, longest: std::time::Duration) {
+        self.slot.requests_waiting(longest);
+    }
+
     fn recycle(&self) {
         self.slot.mark_recycling();
         self.stop.trigger();

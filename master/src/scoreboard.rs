@@ -30,6 +30,9 @@ pub struct Slot {
     pub active_connections: AtomicU64,
     /// Per thread: monotonic milliseconds when its current request started, 0 when idle.
     pub busy_since: [AtomicU64; MAX_THREADS],
+    /// Monotonic milliseconds when the oldest request waiting for its backend (with no
+    /// thread on it) began, 0 when none waits.
+    pub waiting_since: AtomicU64,
 }
 
 impl Slot {
@@ -38,6 +41,25 @@ impl Slot {
         if let Some(t) = self.busy_since.get(thread) {
             t.store(monotonic_ms().max(1), Ordering::Relaxed);
         }
+    }
+
+    /// The thread's request waits for its backend without the thread.
+    pub fn request_parked(&self, thread: usize) {
+        if let Some(t) = self.busy_since.get(thread) {
+            t.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The oldest request waiting for its backend began `longest` ago (zero: none waits).
+    pub fn requests_waiting(&self, longest: std::time::Duration) {
+        let since = if longest.is_zero() {
+            0
+        } else {
+            monotonic_ms()
+                .saturating_sub(longest.as_millis() as u64)
+                .max(1)
+        };
+        self.waiting_since.store(since, Ordering::Relaxed);
     }
 
     pub fn request_finished(&self, thread: usize, bytes: u64) {
@@ -53,10 +75,12 @@ impl Slot {
         self.state.store(RECYCLING, Ordering::Release);
     }
 
-    /// The longest any thread of this worker has been busy on one request, in ms.
+    /// The longest any request of this worker has been in the works (on a thread or waiting
+    /// for its backend), in ms.
     pub fn longest_busy_ms(&self, now_ms: u64) -> u64 {
         self.busy_since
             .iter()
+            .chain(std::iter::once(&self.waiting_since))
             .map(|t| t.load(Ordering::Relaxed))
             .filter(|&t| t != 0)
             .map(|t| now_ms.saturating_sub(t))
@@ -73,6 +97,7 @@ impl Slot {
         for t in &self.busy_since {
             t.store(0, Ordering::Relaxed);
         }
+        self.waiting_since.store(0, Ordering::Relaxed);
         self.state.store(RUNNING, Ordering::Release);
     }
 }

@@ -14,11 +14,14 @@ use nix::sys::socket::{accept4, SockFlag};
 use openssl::ssl::{ErrorCode, HandshakeError, SslStream};
 
 use crate::conn::{Conn, ThreadState};
+use crate::gate;
 use crate::http::errors::plaintext_on_tls_port;
 use crate::park::{Event, Parked, Stage};
+use crate::proxy::Awaiting;
 use crate::redirect;
 use crate::server::{Kind, ListenerRt, Served, Shared};
 use crate::session::ConnInfo;
+use crate::socket::ClientSocket;
 
 pub fn serve_thread(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<'_>, index: usize) {
     let mut local = ThreadState {
@@ -26,6 +29,10 @@ pub fn serve_thread(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<
         ..Default::default()
     };
     loop {
+        // Spare threads wait here for a place; the done signal closes the gate.
+        if !gate::enter() {
+            return;
+        }
         let event = match shared.parking.wait() {
             Ok(e) => e,
             Err(e) => {
@@ -34,7 +41,10 @@ pub fn serve_thread(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<
             }
         };
         match event {
-            Event::Done => return,
+            Event::Done => {
+                gate::close();
+                return;
+            }
             Event::Nothing => {}
             Event::Stop => {
                 // Stop accepting; keep serving parked connections until the worker is done.
@@ -60,6 +70,8 @@ pub fn serve_thread(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<
                         guarded(shared, &mut local, |local| match listener.kind {
                             Kind::Tls(tls) => accept(shared, tls, tcp, local),
                             Kind::Redirect(r) => {
+                                // Plain blocking reads and writes on a slow path.
+                                gate::leave();
                                 redirect::serve(tcp, r.https_port, shared.settings);
                                 shared.conn_closed();
                                 Outcome::Closed
@@ -70,6 +82,7 @@ pub fn serve_thread(shared: &Shared, served: &[Served<'_>], stop_fd: BorrowedFd<
                     Err(Errno::EAGAIN | Errno::ECONNABORTED | Errno::EINTR) => {}
                     Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
                         log::warn!("accept on {addr}: {e}; pausing");
+                        gate::leave();
                         thread::sleep(Duration::from_millis(50));
                     }
                     Err(e) => log::warn!("accept on {addr}: {e}"),
@@ -133,6 +146,7 @@ fn accept(
         listener: listener.index,
         deadline: Instant::now() + shared.settings.timeouts.handshake,
         registered: false,
+        started: None,
     };
     advance(shared, listener, Box::new(parked), local, false)
 }
@@ -183,7 +197,24 @@ fn advance(
                 served_any,
             } => {
                 let conn = Conn::new((tls, info, served_any, registered), shared, listener, local);
-                return serve(shared, conn, ready);
+                return serve(shared, conn, ready, None);
+            }
+            Stage::Backend {
+                tls,
+                info,
+                buf,
+                client_registered,
+                mut awaiting,
+            } => {
+                awaiting.wait.backend.registered = registered;
+                let mut conn = Conn::new(
+                    (tls, info, true, client_registered),
+                    shared,
+                    listener,
+                    local,
+                );
+                conn.buf = buf;
+                return serve(shared, conn, false, Some(awaiting));
             }
         };
         let wait = matches!(next, Step::Wait(_));
@@ -196,6 +227,7 @@ fn advance(
                     listener: listener.index,
                     deadline,
                     registered,
+                    started: None,
                 };
                 if wait {
                     return park(shared, conn);
@@ -249,6 +281,7 @@ fn first_bytes(
         // A balancer sends its header in one piece: read it blocking within what is left of
         // handshake-timeout, then wait for the ClientHello like any fresh connection.
         let left = deadline.saturating_duration_since(Instant::now());
+        gate::leave();
         let header = tcp
             .set_nonblocking(false)
             .map_err(|e| e.to_string())
@@ -266,7 +299,11 @@ fn first_bytes(
         proxy_done = true;
     }
     match first[0] {
-        0x16 => continue_handshake(listener, listener.acceptor.accept(tcp), peer),
+        0x16 => continue_handshake(
+            listener,
+            listener.acceptor.accept(ClientSocket::new(tcp)),
+            peer,
+        ),
         b if b.is_ascii_uppercase() => {
             let _ = tcp.set_nonblocking(false);
             let _ = tcp.set_write_timeout(Some(shared.settings.timeouts.handshake));
@@ -280,16 +317,14 @@ fn first_bytes(
 /// One step of a non-blocking handshake.
 fn continue_handshake(
     listener: &ListenerRt,
-    attempt: Result<SslStream<TcpStream>, HandshakeError<TcpStream>>,
+    attempt: Result<SslStream<ClientSocket>, HandshakeError<ClientSocket>>,
     peer: SocketAddr,
 ) -> Step {
     match attempt {
-        Ok(tls) => {
-            // Requests are served with blocking OpenSSL and socket timeouts.
-            if let Err(e) = tls.get_ref().set_nonblocking(false) {
-                return Step::Close(Some(e.to_string()));
-            }
-            let Ok(local) = tls.get_ref().local_addr() else {
+        Ok(mut tls) => {
+            // Requests are served with blocking OpenSSL calls and socket timeouts.
+            tls.get_mut().wait_when_blocked();
+            let Ok(local) = tls.get_ref().tcp().local_addr() else {
                 return Step::Close(None);
             };
             let info = ConnInfo::from_ssl(tls.ssl(), peer, local, listener.export_cert);
@@ -327,10 +362,15 @@ fn park(shared: &Shared, conn: Box<Parked>) -> Outcome {
     }
 }
 
-/// Serve until the connection closes or goes idle (then park it). `due`: the epoll set saw
-/// its next request arrive.
-fn serve(shared: &Shared, conn: Conn<'_, '_>, due: bool) -> Outcome {
-    match conn.serve(due) {
+/// Serve until the connection closes, goes idle or waits for a backend (then park it).
+/// `due`: the epoll set saw its next request arrive; `awaiting`: its backend answered.
+fn serve(
+    shared: &Shared,
+    conn: Conn<'_, '_>,
+    due: bool,
+    awaiting: Option<Box<Awaiting>>,
+) -> Outcome {
+    match conn.serve(due, awaiting) {
         Some(parked) => park(shared, parked),
         None => {
             shared.conn_closed();

@@ -2,21 +2,21 @@
 //! until either side ends it. Everything here is blocking OpenSSL with socket timeouts.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use openssl::ssl::SslStream;
 
-use crate::backend::pool::Pool;
 use crate::http::chunked::{Decoder, Step};
 use crate::http::errors::Status;
 use crate::http::request::{self, BodyFraming, RequestHead};
 use crate::park::{Parked, Stage};
+use crate::proxy::{self, Awaiting, BackendWait};
+use crate::responder;
 use crate::server::{ListenerRt, Shared};
 use crate::session::ConnInfo;
-use crate::{proxy, responder};
+use crate::socket::ClientSocket;
 
 /// How much we read from a socket at once.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -48,23 +48,36 @@ pub struct Answered {
     pub bytes: u64,
 }
 
+/// Where a connection goes after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    /// Park until the backend answers.
+    Await(Box<Awaiting>),
+}
+
+/// What a request led to.
+enum Reply {
+    Answered(Answered),
+    /// Sent to a backend: its answer is awaited.
+    Sent(BackendWait),
+}
+
 /// What one serving thread owns and reuses across its connections.
 #[derive(Default)]
 pub struct ThreadState {
     pub index: usize,
     pub scratch: Vec<u8>,
-    pub pool: Pool,
 }
 
 pub struct Conn<'a, 's> {
-    pub tls: SslStream<TcpStream>,
+    pub tls: SslStream<ClientSocket>,
     pub shared: &'s Shared<'s>,
     pub listener: &'s ListenerRt,
     pub info: ConnInfo,
     /// Bytes from the client not yet consumed (the next head, pipelined requests).
     pub buf: Vec<u8>,
     pub local: &'a mut ThreadState,
-    read_timeout: Option<Duration>,
     /// A request was read on this connection already (then keep-alive timing applies).
     served_any: bool,
     /// Its fd is in the worker's shared epoll set (parked before).
@@ -75,7 +88,7 @@ impl<'a, 's> Conn<'a, 's> {
     /// A connection past its handshake: `served_any` requests before, `registered` in the
     /// shared epoll set.
     pub fn new(
-        (tls, info, served_any, registered): (SslStream<TcpStream>, ConnInfo, bool, bool),
+        (tls, info, served_any, registered): (SslStream<ClientSocket>, ConnInfo, bool, bool),
         shared: &'s Shared<'s>,
         listener: &'s ListenerRt,
         local: &'a mut ThreadState,
@@ -87,39 +100,48 @@ impl<'a, 's> Conn<'a, 's> {
             info,
             buf: Vec::new(),
             local,
-            read_timeout: None,
             served_any,
             registered,
         }
     }
 
-    /// Serve requests until the connection ends (None) or waits for a request with nothing
-    /// arrived (Some: park it). `due`: the epoll set saw the next request arrive: read it now.
-    pub fn serve(mut self, mut due: bool) -> Option<Box<Parked>> {
-        let _ = self
-            .tls
-            .get_ref()
+    /// Serve requests until the connection ends (None), waits for a request with nothing
+    /// arrived, or waits for a backend's answer (Some: park it). `due`: the epoll set saw
+    /// the next request arrive: read it now. `awaiting`: a request whose backend answered
+    /// (or whose time is up) comes first.
+    pub fn serve(
+        mut self,
+        mut due: bool,
+        mut awaiting: Option<Box<Awaiting>>,
+    ) -> Option<Box<Parked>> {
+        self.tls
+            .get_mut()
             .set_write_timeout(Some(self.shared.settings.timeouts.backend));
         loop {
-            if !due && self.is_idle() {
-                return Some(Box::new(self.into_parked()));
-            }
-            due = false;
-            let first = !self.served_any;
-            self.served_any = true;
-            let outcome = match self.read_head(first) {
-                Ok(Some(len)) => self.handle_head(len),
-                Ok(None) => Err(End::Client),
-                Err(end) => {
-                    if let End::Answer(status) = &end {
-                        self.access_log_line(None, status.code(), 0, Instant::now());
+            let outcome = if let Some(a) = awaiting.take() {
+                self.complete(*a)
+            } else {
+                if !due && self.is_idle() {
+                    return Some(Box::new(self.into_parked()));
+                }
+                due = false;
+                let first = !self.served_any;
+                self.served_any = true;
+                match self.read_head(first) {
+                    Ok(Some(len)) => self.handle_head(len),
+                    Ok(None) => Err(End::Client),
+                    Err(end) => {
+                        if let End::Answer(status) = &end {
+                            self.access_log_line(None, status.code(), 0, Instant::now());
+                        }
+                        Err(end)
                     }
-                    Err(end)
                 }
             };
             match outcome {
-                Ok(true) => continue,
-                Ok(false) | Err(End::Client) => break,
+                Ok(Next::KeepAlive) => continue,
+                Ok(Next::Await(a)) => return Some(Box::new(self.into_awaiting(a))),
+                Ok(Next::Close) | Err(End::Client) => break,
                 Err(End::Answer(status)) => {
                     let _ = self.tls.write_all(&status.response());
                     break;
@@ -157,6 +179,7 @@ impl<'a, 's> Conn<'a, 's> {
             deadline: Instant::now() + idle,
             listener: self.listener.index,
             registered: self.registered,
+            started: None,
             stage: Stage::Idle {
                 tls: self.tls,
                 info: self.info,
@@ -165,8 +188,25 @@ impl<'a, 's> Conn<'a, 's> {
         }
     }
 
-    /// Parse and answer one request whose head is `self.buf[..len]`. Ok(true): keep going.
-    fn handle_head(&mut self, len: usize) -> Result<bool, End> {
+    /// Park while the backend works on a request: its fd, not the client's, is watched.
+    fn into_awaiting(self, awaiting: Box<Awaiting>) -> Parked {
+        Parked {
+            deadline: awaiting.wait.deadline,
+            listener: self.listener.index,
+            registered: awaiting.wait.backend.registered,
+            started: Some(awaiting.started),
+            stage: Stage::Backend {
+                tls: self.tls,
+                info: self.info,
+                buf: self.buf,
+                client_registered: self.registered,
+                awaiting,
+            },
+        }
+    }
+
+    /// Parse and answer (or send on) one request whose head is `self.buf[..len]`.
+    fn handle_head(&mut self, len: usize) -> Result<Next, End> {
         let started = Instant::now();
         let head = match request::parse(&self.buf[..len]) {
             Ok(head) => head,
@@ -179,20 +219,59 @@ impl<'a, 's> Conn<'a, 's> {
         self.buf.drain(..len);
         let thread = self.local.index;
         self.shared.activity.request_started(thread);
-        let result = self.answer(&head);
+        match self.answer(&head) {
+            Ok(Reply::Sent(wait)) => {
+                // No thread is busy on it while the backend works.
+                self.shared.activity.request_parked(thread);
+                Ok(Next::Await(Box::new(Awaiting {
+                    head,
+                    started,
+                    wait,
+                })))
+            }
+            Ok(Reply::Answered(a)) => self.finish(&head, started, Ok(a)),
+            Err(end) => self.finish(&head, started, Err(end)),
+        }
+    }
+
+    /// The backend of a parked request answered (or its time is up): relay the answer.
+    fn complete(&mut self, awaiting: Awaiting) -> Result<Next, End> {
+        let Awaiting {
+            head,
+            started,
+            wait,
+        } = awaiting;
+        self.shared.activity.request_started(self.local.index);
+        let result = proxy::complete(self, &head, wait);
+        self.finish(&head, started, result)
+    }
+
+    /// Count and log an answered request.
+    fn finish(
+        &mut self,
+        head: &RequestHead,
+        started: Instant,
+        result: Result<Answered, End>,
+    ) -> Result<Next, End> {
         let (status, bytes) = match &result {
             Ok(a) => (a.status, a.bytes),
             Err(End::Answer(s)) => (s.code(), 0),
             // The client went away before its answer was complete (nginx's 499).
             Err(End::Client) => (499, 0),
         };
-        self.shared.request_done(thread, bytes);
-        self.access_log_line(Some(&head), status, bytes, started);
-        result.map(|a| a.keep_alive)
+        self.shared.request_done(self.local.index, bytes);
+        self.access_log_line(Some(head), status, bytes, started);
+        result.map(|a| {
+            if a.keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        })
     }
 
-    /// Answer one request.
-    fn answer(&mut self, head: &RequestHead) -> Result<Answered, End> {
+    /// Answer one request, or send it to a backend.
+    fn answer(&mut self, head: &RequestHead) -> Result<Reply, End> {
         let shared = self.shared;
         let settings = &shared.settings;
         if let (BodyFraming::Length(n), Some(max)) = (head.body, settings.max_body) {
@@ -206,13 +285,13 @@ impl<'a, 's> Conn<'a, 's> {
             self.discard_body(head)?;
             let answer = responder::response(head, &self.info, keep_alive);
             self.tls.write_all(&answer).map_err(|_| End::Client)?;
-            return Ok(Answered {
+            return Ok(Reply::Answered(Answered {
                 keep_alive,
                 status: 200,
                 bytes: answer.len() as u64,
-            });
+            }));
         }
-        proxy::forward(self, head, keep_alive)
+        proxy::forward(self, head, keep_alive).map(Reply::Sent)
     }
 
     fn access_log_line(
@@ -279,7 +358,7 @@ impl<'a, 's> Conn<'a, 's> {
 
     /// Append what the client sends next to `buf`. Ok(0) at end of stream.
     pub fn read_more(&mut self, timeout: Duration) -> io::Result<usize> {
-        self.set_read_timeout(timeout)?;
+        self.set_read_timeout(timeout);
         let len = self.buf.len();
         // Read into spare capacity: zero-filling 16 KiB before every read showed in profiles.
         self.buf.reserve(READ_CHUNK);
@@ -297,13 +376,10 @@ impl<'a, 's> Conn<'a, 's> {
         })
     }
 
-    fn set_read_timeout(&mut self, t: Duration) -> io::Result<()> {
-        let t = Some(t.max(Duration::from_millis(1)));
-        if self.read_timeout != t {
-            self.tls.get_ref().set_read_timeout(t)?;
-            self.read_timeout = t;
-        }
-        Ok(())
+    fn set_read_timeout(&mut self, t: Duration) {
+        self.tls
+            .get_mut()
+            .set_read_timeout(Some(t.max(Duration::from_millis(1))));
     }
 
     /// Copy a `Content-Length` body of `len` bytes to `sink`.
@@ -317,8 +393,7 @@ impl<'a, 's> Conn<'a, 's> {
             self.buf.drain(..from_buf);
             left -= from_buf as u64;
         }
-        self.set_read_timeout(timeout)
-            .map_err(|_| CopyError::Client)?;
+        self.set_read_timeout(timeout);
         let scratch = &mut self.local.scratch;
         scratch.resize(READ_CHUNK * 4, 0);
         while left > 0 {

@@ -21,7 +21,9 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use openssl::ssl::{MidHandshakeSslStream, SslStream};
 
+use crate::proxy::Awaiting;
 use crate::session::ConnInfo;
+use crate::socket::ClientSocket;
 
 /// How often the housekeeper looks for connections idle past their time.
 const SWEEP: Duration = Duration::from_millis(500);
@@ -37,6 +39,8 @@ const MAX_PARKED: usize = 1 << 18;
 /// listeners `LISTENER_BASE + index`.
 pub const STOP_TOKEN: u64 = u64::MAX;
 pub const DONE_TOKEN: u64 = u64::MAX - 1;
+/// Readable while requests whose backend stayed silent past their time wait for a thread.
+const EXPIRED_TOKEN: u64 = u64::MAX - 2;
 const LISTENER_BASE: u64 = u64::MAX - (1 << 16);
 
 const FREE: u64 = 0;
@@ -53,8 +57,10 @@ pub struct Parked {
     pub listener: usize,
     /// When it is closed if its peer has not gone on.
     pub deadline: Instant,
-    /// Its fd is in the shared epoll set already (re-armed with MOD, not ADD).
+    /// The fd it waits on is in the shared epoll set already (re-armed with MOD, not ADD).
     pub registered: bool,
+    /// When the request it waits for a backend's answer to began (harakiri counts it).
+    pub started: Option<Instant>,
 }
 
 /// Where a parked connection stands.
@@ -68,16 +74,26 @@ pub enum Stage {
     },
     /// In the TLS handshake: waits for the client's next flight (or for room to write).
     Handshaking {
-        mid: MidHandshakeSslStream<TcpStream>,
+        mid: MidHandshakeSslStream<ClientSocket>,
         peer: SocketAddr,
         want_write: bool,
     },
     /// Between two requests.
     Idle {
-        tls: SslStream<TcpStream>,
+        tls: SslStream<ClientSocket>,
         info: ConnInfo,
         /// It served a request before (keep-alive), or waits for its first one.
         served_any: bool,
+    },
+    /// A request went to a backend: waits for the answer, on the backend's fd.
+    Backend {
+        tls: SslStream<ClientSocket>,
+        info: ConnInfo,
+        /// Bytes of the client's next requests (pipelined), read already.
+        buf: Vec<u8>,
+        /// The client's fd is in the shared epoll set (disarmed while the backend works).
+        client_registered: bool,
+        awaiting: Box<Awaiting>,
     },
 }
 
@@ -87,6 +103,7 @@ impl Parked {
             Stage::Fresh { tcp, .. } => tcp.as_raw_fd(),
             Stage::Handshaking { mid, .. } => mid.get_ref().as_raw_fd(),
             Stage::Idle { tls, .. } => tls.get_ref().as_raw_fd(),
+            Stage::Backend { awaiting, .. } => awaiting.wait.backend.fd().as_raw_fd(),
         }
     }
 
@@ -104,9 +121,19 @@ impl Parked {
     pub fn peer(&self) -> SocketAddr {
         match &self.stage {
             Stage::Fresh { peer, .. } | Stage::Handshaking { peer, .. } => *peer,
-            Stage::Idle { info, .. } => info.peer,
+            Stage::Idle { info, .. } | Stage::Backend { info, .. } => info.peer,
         }
     }
+}
+
+/// What the housekeeper asks and tells its worker.
+pub struct Reports<'a> {
+    /// The worker stops: finish once no connection is left.
+    pub stopping: &'a dyn Fn() -> bool,
+    /// An idle connection was closed.
+    pub closed: &'a dyn Fn(),
+    /// How long the oldest request waiting for its backend has run (zero: none).
+    pub waiting: &'a dyn Fn(Duration),
 }
 
 /// What one `wait` returned.
@@ -125,6 +152,9 @@ struct Slot {
     deadline_ms: AtomicU64,
     /// When it was parked (ms since the worker started); 0 once its buffers were freed.
     parked_ms: AtomicU64,
+    /// 1 + when its request began (ms since the worker started) if it waits for a backend;
+    /// else 0.
+    request_ms: AtomicU64,
     conn: UnsafeCell<Option<Box<Parked>>>,
 }
 
@@ -140,6 +170,11 @@ pub struct Parking {
     free: SegQueue<u32>,
     /// Wakes the housekeeper: a connection ended during a stop.
     wake_keeper: EventFd,
+    /// Requests whose backend stayed silent past `http-timeout`, for a serving thread to
+    /// answer 504 (the housekeeper must not block on a client's socket).
+    expired: SegQueue<Box<Parked>>,
+    /// Counts `expired` (a semaphore eventfd in the shared set: one read per connection).
+    expired_count: EventFd,
     /// Readable once the worker has nothing left to do: every thread exits.
     done: EventFd,
     /// Connections held by serving threads.
@@ -157,6 +192,11 @@ impl Parking {
         let done = EventFd::from_flags(flags)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(&done, EpollEvent::new(EpollFlags::EPOLLIN, DONE_TOKEN))?;
+        let expired_count = EventFd::from_flags(flags | EfdFlags::EFD_SEMAPHORE)?;
+        epoll.add(
+            &expired_count,
+            EpollEvent::new(EpollFlags::EPOLLIN, EXPIRED_TOKEN),
+        )?;
         // SAFETY: all-zero bytes are a valid Slot (FREE, deadline 0, no connection: `None`
         // of a Box is the null pointer). Zeroed memory from the allocator is untouched until
         // used, so unused slots cost no RSS.
@@ -167,6 +207,8 @@ impl Parking {
             fresh: AtomicUsize::new(0),
             free: SegQueue::new(),
             wake_keeper: EventFd::from_flags(flags)?,
+            expired: SegQueue::new(),
+            expired_count,
             done,
             active: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
@@ -210,6 +252,11 @@ impl Parking {
         Ok(match events[0].data() {
             STOP_TOKEN => Event::Stop,
             DONE_TOKEN => Event::Done,
+            EXPIRED_TOKEN => match self.expired_count.read() {
+                // Counted as active when it was queued.
+                Ok(_) => self.expired.pop().map_or(Event::Nothing, Event::Resume),
+                Err(_) => Event::Nothing,
+            },
             t if t >= LISTENER_BASE => Event::Listener((t - LISTENER_BASE) as usize),
             t => self.resume(t).map_or(Event::Nothing, Event::Resume),
         })
@@ -248,13 +295,20 @@ impl Parking {
             .store(generation << 2 | PARKING, Ordering::Release);
         slot.deadline_ms
             .store(self.ms(conn.deadline), Ordering::Relaxed);
+        let request_ms = conn.started.map_or(0, |t| self.ms(t) + 1);
+        slot.request_ms.store(request_ms, Ordering::Relaxed);
         let registered = conn.registered;
         let eager = self.parked.load(Ordering::Relaxed) >= EAGER_FREE_ABOVE;
-        if eager {
-            if let Stage::Idle { tls, .. } = &conn.stage {
+        let mut parked_ms = 0;
+        if let Stage::Idle { tls, .. } = &conn.stage {
+            if eager {
                 crate::ssl_ext::free_buffers(tls.ssl());
+            } else {
+                // The sweep frees them if it stays idle.
+                parked_ms = self.ms(Instant::now()).max(1);
             }
         }
+        slot.parked_ms.store(parked_ms, Ordering::Relaxed);
         let mut boxed = conn;
         boxed.registered = true;
         let fd = boxed.fd();
@@ -336,14 +390,14 @@ impl Parking {
     /// The housekeeper thread: closes connections idle past their time (`closed` is called
     /// for each) and returns, releasing every serving thread, once `stopping()` holds and
     /// no connection is left.
-    pub fn run_housekeeper(&self, stopping: &dyn Fn() -> bool, closed: &dyn Fn()) {
-        if let Err(e) = self.housekeeping(stopping, closed) {
+    pub fn run_housekeeper(&self, reports: &Reports<'_>) {
+        if let Err(e) = self.housekeeping(reports) {
             log::error!("housekeeper: {e}");
         }
         let _ = self.done.write(1);
     }
 
-    fn housekeeping(&self, stopping: &dyn Fn() -> bool, closed: &dyn Fn()) -> nix::Result<()> {
+    fn housekeeping(&self, reports: &Reports<'_>) -> nix::Result<()> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(&self.wake_keeper, EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
         let mut events = [EpollEvent::empty()];
@@ -362,9 +416,9 @@ impl Parking {
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + SWEEP;
-                self.sweep(self.ms(now), closed);
+                self.sweep(self.ms(now), reports.closed, reports.waiting);
             }
-            if stopping()
+            if (reports.stopping)()
                 && self.parked.load(Ordering::SeqCst) == 0
                 && self.active.load(Ordering::SeqCst) == 0
             {
@@ -396,13 +450,19 @@ impl Parking {
     }
 
     /// Close parked connections whose idle time is over (without close_notify: writing it
-    /// could block).
-    fn sweep(&self, now_ms: u64, closed: &dyn Fn()) {
+    /// could block), hand requests whose backend is silent past their time to a serving
+    /// thread (for a 504), and report the oldest request waiting for a backend.
+    fn sweep(&self, now_ms: u64, closed: &dyn Fn(), waiting: &dyn Fn(Duration)) {
         let used = self.fresh.load(Ordering::Relaxed).min(self.slots.len());
+        let mut oldest_request = u64::MAX;
         for (index, slot) in self.slots[..used].iter().enumerate() {
             let state = slot.state.load(Ordering::Acquire);
             if state & 3 != PARKED {
                 continue;
+            }
+            let request_ms = slot.request_ms.load(Ordering::Relaxed);
+            if request_ms != 0 {
+                oldest_request = oldest_request.min(request_ms - 1);
             }
             if slot.deadline_ms.load(Ordering::Relaxed) > now_ms {
                 let parked_ms = slot.parked_ms.load(Ordering::Relaxed);
@@ -419,6 +479,16 @@ impl Parking {
             {
                 continue;
             }
+            if request_ms != 0 {
+                // A serving thread answers it; it counts as active from now on.
+                self.active.fetch_add(1, Ordering::SeqCst);
+                self.parked.fetch_sub(1, Ordering::SeqCst);
+                if let Some(conn) = self.take(index) {
+                    self.expired.push(conn);
+                    let _ = self.expired_count.write(1);
+                }
+                continue;
+            }
             self.parked.fetch_sub(1, Ordering::SeqCst);
             if let Some(conn) = self.take(index) {
                 // SAFETY: the fd belongs to `conn`, alive until the drop below.
@@ -429,5 +499,6 @@ impl Parking {
                 closed();
             }
         }
+        waiting(Duration::from_millis(now_ms.saturating_sub(oldest_request)));
     }
 }

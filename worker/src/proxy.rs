@@ -2,6 +2,7 @@
 //! back.
 
 use std::io::{ErrorKind, Write};
+use std::time::{Duration, Instant};
 
 use crate::backend::http::{self as http_backend, BodyFraming as BackendFraming};
 use crate::backend::{BackendStream, Connected};
@@ -11,43 +12,89 @@ use crate::http::chunked::{Decoder, Step};
 use crate::http::errors::Status;
 use crate::http::request::{BodyFraming, RequestHead};
 use crate::http::response::{self, BackendBody, ClientBody, ResponseHead};
+use crate::settings::BackendAddr;
 
 /// Largest response head we accept from a backend.
 const MAX_BACKEND_HEAD: usize = 64 * 1024;
 
-/// Forward `head` (its body still to be read from the client).
+/// A request sent to its backend, waiting for the answer without a thread: the backend's
+/// fd waits in the worker's shared epoll set, and whichever thread sees it readable relays
+/// the answer. On one core this lets a thread go on to other clients while the backend
+/// works, as an event loop would, instead of sleeping on every backend read.
+pub struct Awaiting {
+    pub head: RequestHead,
+    /// When the request's head was complete (for the access log).
+    pub started: Instant,
+    pub wait: BackendWait,
+}
+
+pub struct BackendWait {
+    pub backend: BackendStream,
+    /// Its index in the `http-to` list.
+    index: usize,
+    /// HTTP backends: the request head, sent again on a fresh connection when a pooled one
+    /// turns out dead before answering a request without body. None for uwsgi.
+    http_request: Option<Vec<u8>>,
+    reused: bool,
+    /// The client connection may serve another request after this one.
+    keep_alive: bool,
+    /// The answer's head must have begun by then (`http-timeout`), else 504.
+    pub deadline: Instant,
+}
+
+/// A request written to a backend.
+struct Sent {
+    stream: BackendStream,
+    /// The client's body was read to its end (else the client connection must close).
+    body_consumed: bool,
+    http_request: Option<Vec<u8>>,
+    /// The stream came from the idle pool.
+    reused: bool,
+}
+
+/// Send `head` (its body read from the client now) to a backend.
 pub fn forward(
     conn: &mut Conn<'_, '_>,
     head: &RequestHead,
     keep_alive: bool,
-) -> Result<Answered, End> {
+) -> Result<BackendWait, End> {
     let shared = conn.shared;
     let timeouts = shared.settings.timeouts;
     let backend = shared
         .backends
-        .connect(&mut conn.local.pool, timeouts.connect)
+        .connect(timeouts.connect)
         .map_err(|(e, addr)| {
             log::warn!("{}: backend {addr} unreachable: {e}", conn.info.peer);
             End::Answer(Status::BadGateway)
         })?;
-    backend
-        .stream
-        .set_timeouts(timeouts.backend)
-        .map_err(|_| End::Answer(Status::BadGateway))?;
-    if backend.addr.is_http() {
-        forward_http(conn, head, keep_alive, backend)
+    let Connected {
+        index,
+        addr,
+        mut stream,
+        reused,
+    } = backend;
+    stream.set_timeouts(timeouts.backend);
+    let sent = if addr.is_http() {
+        send_http(conn, head, (index, addr), stream, reused)?
     } else {
-        forward_uwsgi(conn, head, keep_alive, backend)
-    }
+        send_uwsgi(conn, head, stream)?
+    };
+    Ok(BackendWait {
+        backend: sent.stream,
+        index,
+        http_request: sent.http_request,
+        reused: sent.reused,
+        keep_alive: keep_alive && sent.body_consumed,
+        deadline: Instant::now() + timeouts.backend,
+    })
 }
 
 /// uwsgi: one request per connection, vars first, and a body of known length.
-fn forward_uwsgi(
+fn send_uwsgi(
     conn: &mut Conn<'_, '_>,
     head: &RequestHead,
-    keep_alive: bool,
-    mut backend: Connected<'_>,
-) -> Result<Answered, End> {
+    mut stream: BackendStream,
+) -> Result<Sent, End> {
     let settings = &conn.shared.settings;
     let buffered_body = match head.body {
         BodyFraming::Chunked => {
@@ -68,7 +115,6 @@ fn forward_uwsgi(
         .map_err(|_| End::Answer(Status::HeaderFieldsTooLarge))?;
     // A backend that stops reading early may still have answered (413 and the like): read
     // its answer anyway, but the client's body is then unconsumed: close after it.
-    let stream = &mut backend.stream;
     let mut body_consumed = true;
     if stream.write_all(&packet).is_err() {
         body_consumed = head.body == BodyFraming::None;
@@ -79,7 +125,7 @@ fn forward_uwsgi(
             }
             (None, BodyFraming::Length(n)) => {
                 conn.send_continue(head)?;
-                match conn.copy_body(n, stream) {
+                match conn.copy_body(n, &mut stream) {
                     Ok(()) => {}
                     Err(CopyError::Sink) => body_consumed = false,
                     Err(e) => return Err(e.into_end()),
@@ -88,60 +134,39 @@ fn forward_uwsgi(
             _ => {}
         }
     }
-    let addr = backend.addr.to_string();
-    let (resp, head_len, rbuf) = read_response(conn, head, stream, &addr)?;
-    let (answered, _) = relay(
-        conn,
-        head,
-        &resp,
-        head_len,
+    Ok(Sent {
         stream,
-        rbuf,
-        keep_alive && body_consumed,
-    )?;
-    Ok(answered)
+        body_consumed,
+        http_request: None,
+        reused: false,
+    })
 }
 
-/// HTTP/1.1: the body streams in its own framing, and the connection goes back to this
-/// thread's pool when the backend allows it.
-fn forward_http(
+/// HTTP/1.1: the body streams in its own framing; the request head is kept for one retry
+/// on a fresh connection.
+fn send_http(
     conn: &mut Conn<'_, '_>,
     head: &RequestHead,
-    keep_alive: bool,
-    backend: Connected<'_>,
-) -> Result<Answered, End> {
+    (index, addr): (usize, &BackendAddr),
+    mut stream: BackendStream,
+    mut reused: bool,
+) -> Result<Sent, End> {
     let framing = match head.body {
         BodyFraming::None => BackendFraming::None,
         BodyFraming::Length(n) => BackendFraming::Length(n),
         BodyFraming::Chunked => BackendFraming::Chunked,
     };
     let request = http_backend::request_head(head, &conn.info, framing);
-    let addr = backend.addr.to_string();
-    let Connected {
-        index,
-        mut stream,
-        reused,
-        ..
-    } = backend;
-    let shared = conn.shared;
-    let fresh = || {
-        shared
-            .backends
-            .reconnect(index, shared.settings.timeouts.connect)
-            .and_then(|s| s.set_timeouts(shared.settings.timeouts.backend).map(|_| s))
-    };
-    let peer = conn.info.peer;
-    let bad_gateway = |e: std::io::Error| {
-        log::warn!("{peer}: backend {addr}: {e}");
-        End::Answer(Status::BadGateway)
-    };
     if let Err(e) = stream.write_all(&request) {
         // A pooled connection the backend closed meanwhile: one fresh try.
         if !reused {
-            return Err(bad_gateway(e));
+            return Err(bad_gateway(conn, addr, e));
         }
-        stream = fresh().map_err(bad_gateway)?;
-        stream.write_all(&request).map_err(bad_gateway)?;
+        reused = false;
+        stream = fresh(conn, index).map_err(|e| bad_gateway(conn, addr, e))?;
+        stream
+            .write_all(&request)
+            .map_err(|e| bad_gateway(conn, addr, e))?;
     }
     let mut body_consumed = true;
     match head.body {
@@ -174,27 +199,68 @@ fn forward_http(
             }
         }
     }
-    let read = read_response(conn, head, &mut stream, &addr);
-    let (resp, head_len, rbuf) = match read {
+    Ok(Sent {
+        stream,
+        body_consumed,
+        http_request: Some(request),
+        reused,
+    })
+}
+
+/// A fresh connection to backend `index` (after a pooled one turned out dead).
+fn fresh(conn: &Conn<'_, '_>, index: usize) -> std::io::Result<BackendStream> {
+    let t = conn.shared.settings.timeouts;
+    let mut s = conn.shared.backends.reconnect(index, t.connect)?;
+    s.set_timeouts(t.backend);
+    Ok(s)
+}
+
+fn bad_gateway(conn: &Conn<'_, '_>, addr: &BackendAddr, e: std::io::Error) -> End {
+    log::warn!("{}: backend {addr}: {e}", conn.info.peer);
+    End::Answer(Status::BadGateway)
+}
+
+/// The backend's answer to an awaited request arrived (or its time is up): relay it.
+pub fn complete(
+    conn: &mut Conn<'_, '_>,
+    head: &RequestHead,
+    wait: BackendWait,
+) -> Result<Answered, End> {
+    let BackendWait {
+        mut backend,
+        index,
+        http_request,
+        reused,
+        keep_alive,
+        deadline,
+    } = wait;
+    let shared = conn.shared;
+    let addr = shared.backends.addr(index);
+    let full = shared.settings.timeouts.backend;
+    // The head must begin by the deadline, however long the wait in the epoll set was.
+    backend.set_timeouts(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1)),
+    );
+    let read = read_response(conn, head, &mut backend, addr);
+    backend.set_timeouts(full);
+    let (resp, head_len, rbuf) = match (read, http_request) {
         // The pooled connection died before answering a request without body: retry once.
-        Err(End::Answer(Status::BadGateway)) if reused && head.body == BodyFraming::None => {
-            stream = fresh().map_err(bad_gateway)?;
-            stream.write_all(&request).map_err(bad_gateway)?;
-            read_response(conn, head, &mut stream, &addr)?
+        (Err(End::Answer(Status::BadGateway)), Some(request))
+            if reused && head.body == BodyFraming::None =>
+        {
+            backend = fresh(conn, index).map_err(|e| bad_gateway(conn, addr, e))?;
+            backend
+                .write_all(&request)
+                .map_err(|e| bad_gateway(conn, addr, e))?;
+            read_response(conn, head, &mut backend, addr)?
         }
-        other => other?,
+        (other, _) => other?,
     };
-    let (answered, reusable) = relay(
-        conn,
-        head,
-        &resp,
-        head_len,
-        &mut stream,
-        rbuf,
-        keep_alive && body_consumed,
-    )?;
-    if reusable && resp.keep_alive {
-        conn.local.pool.put(index, stream);
+    let (answered, reusable) = relay(conn, head, &resp, head_len, &mut backend, rbuf, keep_alive)?;
+    if addr.is_http() && reusable && resp.keep_alive {
+        shared.backends.pool.put(index, backend);
     }
     Ok(answered)
 }
@@ -205,7 +271,7 @@ fn read_response(
     conn: &mut Conn<'_, '_>,
     head: &RequestHead,
     backend: &mut BackendStream,
-    addr: &str,
+    addr: &BackendAddr,
 ) -> Result<(ResponseHead, usize, Vec<u8>), End> {
     let mut rbuf = std::mem::take(&mut conn.local.scratch);
     rbuf.clear();

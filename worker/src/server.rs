@@ -5,13 +5,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use openssl::ssl::SslAcceptor;
 
 use crate::accept;
 use crate::backend::Backends;
-use crate::park::Parking;
+use crate::gate;
+use crate::park::{Parking, Reports};
 use crate::settings::Settings;
 use crate::tls::{build_acceptor, TlsError};
 
@@ -88,6 +90,10 @@ pub trait Activity: Sync {
     /// `thread` is the index of the serving thread within this worker.
     fn request_started(&self, thread: usize);
     fn request_finished(&self, thread: usize, bytes_sent: u64);
+    /// The request `thread` worked on waits for its backend; the thread goes on.
+    fn request_parked(&self, thread: usize);
+    /// The oldest request waiting for its backend began `longest` ago (zero: none waits).
+    fn requests_waiting(&self, longest: Duration);
     /// `max-requests` reached: ask to be replaced, and stop accepting.
     fn recycle(&self);
 }
@@ -217,17 +223,18 @@ impl Server {
             .parking
             .watch(&listener_fds, env.stop_fd)
             .map_err(RunError::Epoll)?;
+        gate::open(running_threads());
         thread::scope(|scope| {
             let shared = &shared;
             let keeper = thread::Builder::new()
                 .name("housekeeper".into())
                 .stack_size(THREAD_STACK)
                 .spawn_scoped(scope, move || {
-                    shared
-                        .parking
-                        .run_housekeeper(&|| shared.stop_requested(), &|| {
-                            shared.activity.connection_closed()
-                        })
+                    shared.parking.run_housekeeper(&Reports {
+                        stopping: &|| shared.stop_requested(),
+                        closed: &|| shared.activity.connection_closed(),
+                        waiting: &|longest| shared.activity.requests_waiting(longest),
+                    })
                 });
             if let Err(e) = keeper {
                 return Err(RunError::Threads(e));
@@ -252,6 +259,7 @@ impl Server {
                 (0, Some(e)) => {
                     // Nothing can serve: let the housekeeper go and report.
                     shared.parking.abandon();
+                    gate::close();
                     Err(RunError::Threads(e))
                 }
                 (_, Some(e)) => {
@@ -265,4 +273,15 @@ impl Server {
             }
         })
     }
+}
+
+/// Threads that run at once: one per core this process may use (its CPU affinity).
+fn running_threads() -> usize {
+    if let Some(n) = std::env::var("UWSGI_MASTER_RUNNING_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -1,4 +1,4 @@
-//! Backends named by `http-to`: connecting with round robin and failover, and a per-thread
+//! Backends named by `http-to`: connecting with round robin and failover, and the worker's
 //! pool of idle HTTP backend connections.
 
 pub mod http;
@@ -7,12 +7,22 @@ pub mod uwsgi;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::PollFlags;
+use nix::sys::socket::sockopt::{SendTimeout, SocketError};
+use nix::sys::socket::{
+    getsockopt, setsockopt, socket, AddressFamily, SockFlag, SockType, SockaddrStorage, UnixAddr,
+};
+use nix::sys::time::{TimeVal, TimeValLike};
+
+use crate::gate;
 use crate::settings::BackendAddr;
 
 /// A backend with its TCP address resolved once, when the worker body is prepared.
@@ -26,10 +36,20 @@ enum Target {
 pub struct Backends {
     targets: Vec<(BackendAddr, Target)>,
     next: AtomicUsize,
+    /// Idle keep-alive connections to HTTP backends.
+    pub pool: pool::Pool,
 }
 
-/// A connection to one backend.
-pub enum BackendStream {
+/// A connection to one backend. Its fd is non-blocking: a read or write that would block
+/// waits in poll(2) up to the timeout, after giving this thread's place in the gate away.
+pub struct BackendStream {
+    sock: Sock,
+    timeout: Option<Duration>,
+    /// Its fd is in the worker's shared epoll set (it waited there for an answer before).
+    pub registered: bool,
+}
+
+enum Sock {
     Unix(UnixStream),
     Tcp(TcpStream),
 }
@@ -63,6 +83,7 @@ impl Backends {
         Ok(Self {
             targets,
             next: AtomicUsize::new(0),
+            pool: pool::Pool::default(),
         })
     }
 
@@ -75,7 +96,6 @@ impl Backends {
     /// none accepts.
     pub fn connect(
         &self,
-        pool: &mut pool::Pool,
         timeout: Duration,
     ) -> Result<Connected<'_>, (io::Error, String)> {
         let n = self.targets.len();
@@ -84,7 +104,7 @@ impl Backends {
         for i in 0..n {
             let index = (start + i) % n;
             let (addr, target) = &self.targets[index];
-            if let Some(stream) = pool.take(index) {
+            if let Some(stream) = self.pool.take(index) {
                 return Ok(Connected {
                     index,
                     addr,
@@ -107,6 +127,10 @@ impl Backends {
         Err(last)
     }
 
+    pub fn addr(&self, index: usize) -> &BackendAddr {
+        &self.targets[index].0
+    }
+
     /// A fresh connection to backend `index` (retry after a stale pooled one).
     pub fn reconnect(&self, index: usize, timeout: Duration) -> io::Result<BackendStream> {
         connect(&self.targets[index].1, timeout)
@@ -114,61 +138,140 @@ impl Backends {
 }
 
 fn connect(target: &Target, timeout: Duration) -> io::Result<BackendStream> {
-    match target {
-        Target::Unix(path) => UnixStream::connect(path).map(BackendStream::Unix),
+    let sock = match target {
+        Target::Unix(path) => Sock::Unix(connect_unix(path, timeout)?),
         Target::Tcp(addrs) => {
             let mut last = io::Error::other("address resolved to nothing");
+            let mut connected = None;
             for addr in addrs {
-                match TcpStream::connect_timeout(addr, timeout) {
+                match connect_tcp(addr, timeout) {
                     Ok(s) => {
-                        s.set_nodelay(true)?;
-                        return Ok(BackendStream::Tcp(s));
+                        connected = Some(s);
+                        break;
                     }
                     Err(e) => last = e,
                 }
             }
-            Err(last)
+            Sock::Tcp(connected.ok_or(last)?)
         }
+    };
+    Ok(BackendStream {
+        sock,
+        timeout: None,
+        registered: false,
+    })
+}
+
+/// A unix connect completes at once unless the backend's backlog is full; only then does
+/// this thread block (and give up its place in the gate).
+fn connect_unix(path: &std::path::Path, timeout: Duration) -> io::Result<UnixStream> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    match nix::sys::socket::connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => {}
+        Err(Errno::EAGAIN) => {
+            gate::leave();
+            // Blocking, bounded by the connect timeout (SO_SNDTIMEO bounds a unix connect).
+            set_blocking(fd.as_fd(), true)?;
+            let ms = timeout.as_millis().clamp(1, i64::MAX as u128) as i64;
+            setsockopt(&fd, SendTimeout, &TimeVal::milliseconds(ms))?;
+            nix::sys::socket::connect(fd.as_raw_fd(), &addr)?;
+            set_blocking(fd.as_fd(), false)?;
+        }
+        Err(e) => return Err(e.into()),
     }
+    Ok(UnixStream::from(fd))
+}
+
+/// A non-blocking TCP connect, waited for up to `timeout`.
+fn connect_tcp(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    match nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(*addr)) {
+        Ok(()) => {}
+        Err(Errno::EINPROGRESS) => {
+            gate::wait_ready(fd.as_fd(), PollFlags::POLLOUT, Some(timeout)).map_err(|e| {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    io::Error::new(io::ErrorKind::TimedOut, "connect timed out")
+                } else {
+                    e
+                }
+            })?;
+            let err = getsockopt(&fd, SocketError)?;
+            if err != 0 {
+                return Err(io::Error::from_raw_os_error(err));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let stream = TcpStream::from(fd);
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn set_blocking(fd: BorrowedFd<'_>, blocking: bool) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    let flags = if blocking {
+        flags - OFlag::O_NONBLOCK
+    } else {
+        flags | OFlag::O_NONBLOCK
+    };
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    Ok(())
 }
 
 impl BackendStream {
-    pub fn set_timeouts(&self, t: Duration) -> io::Result<()> {
-        match self {
-            BackendStream::Unix(s) => {
-                s.set_read_timeout(Some(t))?;
-                s.set_write_timeout(Some(t))
-            }
-            BackendStream::Tcp(s) => {
-                s.set_read_timeout(Some(t))?;
-                s.set_write_timeout(Some(t))
-            }
+    /// Reads and writes that would block wait this long at most (then WouldBlock).
+    pub fn set_timeouts(&mut self, t: Duration) {
+        self.timeout = Some(t);
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match &self.sock {
+            Sock::Unix(s) => s.as_fd(),
+            Sock::Tcp(s) => s.as_fd(),
         }
     }
 
-    fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            BackendStream::Unix(s) => s.as_fd(),
-            BackendStream::Tcp(s) => s.as_fd(),
-        }
-    }
-
-    /// Read into uninitialized memory (no zero-fill before each read). Honors the socket's
-    /// read timeout like `read`.
-    pub fn read_uninit(&mut self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.fd());
+    /// One read or write syscall, waiting for readiness while it would block.
+    fn io(&self, events: PollFlags, mut op: impl FnMut(RawFd) -> isize) -> io::Result<usize> {
+        let fd = self.fd();
         loop {
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes; recv(2) writes at most
-            // that many and never reads them.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n = op(fd.as_raw_fd());
             if n >= 0 {
                 return Ok(n as usize);
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => gate::wait_ready(fd, events, self.timeout)?,
+                _ => return Err(e),
             }
         }
+    }
+
+    /// Read into uninitialized memory (no zero-fill before each read), waiting up to the
+    /// timeout.
+    pub fn read_uninit(&mut self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes; recv(2) writes at most
+        // that many and never reads them.
+        self.io(PollFlags::POLLIN, |fd| unsafe {
+            libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0)
+        })
     }
 
     /// An idle keep-alive connection is usable when the peer has neither closed it nor sent
@@ -179,7 +282,7 @@ impl BackendStream {
         // passed.
         let n = unsafe {
             libc::recv(
-                std::os::fd::AsRawFd::as_raw_fd(&self.fd()),
+                self.fd().as_raw_fd(),
                 byte.as_mut_ptr().cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -191,26 +294,20 @@ impl BackendStream {
 
 impl Read for BackendStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            BackendStream::Unix(s) => s.read(buf),
-            BackendStream::Tcp(s) => s.read(buf),
-        }
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        self.io(PollFlags::POLLIN, |fd| unsafe {
+            libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0)
+        })
     }
 }
 
 impl Write for BackendStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            BackendStream::Unix(s) => s.write(buf),
-            BackendStream::Tcp(s) => s.write(buf),
-        }
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            BackendStream::Unix(s) => s.write_vectored(bufs),
-            BackendStream::Tcp(s) => s.write_vectored(bufs),
-        }
+        // SAFETY: `buf` is valid for reads of `buf.len()` bytes. MSG_NOSIGNAL: a backend
+        // that closed gives EPIPE, not SIGPIPE.
+        self.io(PollFlags::POLLOUT, |fd| unsafe {
+            libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
