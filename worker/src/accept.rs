@@ -222,6 +222,14 @@ fn advance(
         ready = false;
         match next {
             Step::Go(stage) | Step::Wait(stage) => {
+                // Past its handshake, it parks in the main set from now on.
+                let registered = match &stage {
+                    Stage::Idle { tls, .. } if registered => {
+                        shared.parking.leave_setup(tls.get_ref().as_fd());
+                        false
+                    }
+                    _ => registered,
+                };
                 *conn = Parked {
                     stage,
                     listener: listener.index,
