@@ -153,15 +153,18 @@ impl<'a, 's> Conn<'a, 's> {
         None
     }
 
-    /// Nothing of a next request has arrived: no bytes we hold, no decrypted bytes OpenSSL
-    /// holds (read-ahead is off, so it holds no undecrypted ones), none in the socket.
+    /// Nothing of a next request has arrived: no bytes we hold, none OpenSSL holds
+    /// (decrypted or read ahead), and, before the first request, none in the socket.
     fn is_idle(&self) -> bool {
-        self.buf.is_empty() && self.tls.ssl().pending() == 0 && !self.socket_readable()
+        self.buf.is_empty()
+            && !crate::ssl_ext::has_pending(self.tls.ssl())
+            && (self.served_any || !self.socket_readable())
     }
 
-    /// Bytes wait in the socket already (a request sent right behind the handshake's last
-    /// flight, or behind the previous response): one poll(2) beats a trip through the
-    /// shared epoll set.
+    /// Bytes wait in the socket already: a first request often comes right behind the
+    /// handshake's last flight, and one poll(2) beats a trip through the shared epoll set.
+    /// Later requests come a round trip after our answer: looking costs more than it finds
+    /// (a poll per request, which found nothing under keep-alive load).
     fn socket_readable(&self) -> bool {
         let mut fds = [PollFd::new(self.tls.get_ref().as_fd(), PollFlags::POLLIN)];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)

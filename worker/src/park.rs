@@ -384,6 +384,7 @@ impl Parking {
         let index = (token & 0xffff_ffff) as usize;
         let generation = token >> 32;
         let slot = self.slots.get(index)?;
+        let mut spins = 0u32;
         loop {
             match slot.state.compare_exchange(
                 generation << 2 | PARKED,
@@ -392,8 +393,16 @@ impl Parking {
                 Ordering::Acquire,
             ) {
                 Ok(_) => break,
-                // Armed before it was published: its owner is a few instructions away.
-                Err(s) if s == generation << 2 | PARKING => std::hint::spin_loop(),
+                // Armed before it was published: its owner is a few instructions away,
+                // unless it lost the core to us (fewer cores than threads): then let it run.
+                Err(s) if s == generation << 2 | PARKING => {
+                    spins += 1;
+                    if spins < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
                 // Expired meanwhile, or a later generation: not ours.
                 Err(_) => return None,
             }

@@ -7,6 +7,14 @@ extern "C" {
     // libssl 3 (and 1.1): frees the record buffers of a connection that holds no pending
     // data; returns 0 (and frees nothing) otherwise.
     fn SSL_free_buffers(ssl: *mut openssl_sys::SSL) -> libc::c_int;
+    // libssl 1.1+: 1 if any bytes wait in the SSL, decrypted or not (read-ahead).
+    fn SSL_has_pending(ssl: *const openssl_sys::SSL) -> libc::c_int;
+}
+
+/// Bytes of the peer wait inside OpenSSL (a record decrypted but unread, or read ahead).
+pub fn has_pending(ssl: &SslRef) -> bool {
+    // SAFETY: `ssl` is a valid SSL for the duration of the call, which only reads it.
+    unsafe { SSL_has_pending(ssl.as_ptr()) == 1 }
 }
 
 /// Give back the read and write record buffers (~34 KiB) of an idle connection.

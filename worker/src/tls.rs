@@ -184,6 +184,9 @@ fn context(
     }
     b.clear_options(clear);
     b.set_options(set);
+    // One read(2) per record instead of two (its 5-byte header, then its body); conn.rs
+    // asks SSL_has_pending, which sees bytes read ahead, before it parks a connection.
+    b.set_read_ahead(true);
     b.set_min_proto_version(Some(version(tls.min_version)))
         .map_err(ctx_err)?;
     let legacy = tls.min_version < TlsVersion::Tls12;
