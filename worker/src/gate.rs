@@ -1,5 +1,5 @@
-//! How many serving threads of a worker may run at once: a few per core the worker may use
-//! (server.rs). A thread holds a place while it waits on the shared epoll set or works on a ready
+//! How many serving threads of a worker may run at once: about one per core, the cores
+//! shared among the workers (Settings::running_threads). A thread holds a place while it waits on the shared epoll set or works on a ready
 //! event; it gives the place up just before it blocks on a socket, so one of the spare
 //! threads takes over while it waits. Spare threads sleep here, not in epoll.
 //!

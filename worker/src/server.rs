@@ -223,7 +223,7 @@ impl Server {
             .parking
             .watch(&listener_fds, env.stop_fd)
             .map_err(RunError::Epoll)?;
-        gate::open(running_threads());
+        gate::open(running_threads(&self.settings));
         thread::scope(|scope| {
             let shared = &shared;
             let keeper = thread::Builder::new()
@@ -275,20 +275,11 @@ impl Server {
     }
 }
 
-/// Places in the gate per core this process may use (its CPU affinity). Measured on one
-/// core, keep-alive through a uwsgi backend: 2 places 16.4–17.1k req/s, 4 places
-/// 18.6–19.1k, 8 places 11.9–12.4k (more runnable threads than work: 142k context
-/// switches in 8 s against 7k with 4); RSA handshakes' p99 stays ≈ 120 ms with 1 to 4.
-const PLACES_PER_CORE: usize = 4;
-
-/// Serving threads that run at once. `UWSGI_MASTER_RUNNING_THREADS` overrides it (for
-/// measuring).
-fn running_threads() -> usize {
-    if let Some(n) = std::env::var("UWSGI_MASTER_RUNNING_THREADS")
+/// Serving threads that run at once. `UWSGI_MASTER_RUNNING_THREADS` overrides the
+/// configuration's choice (for measuring a deployment).
+fn running_threads(settings: &Settings) -> usize {
+    std::env::var("UWSGI_MASTER_RUNNING_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-    {
-        return n;
-    }
-    thread::available_parallelism().map_or(1, |n| n.get()) * PLACES_PER_CORE
+        .unwrap_or(settings.running_threads)
 }

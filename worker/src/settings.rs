@@ -6,6 +6,9 @@ use std::time::Duration;
 pub struct Settings {
     /// Threads per worker; each serves every listener.
     pub threads: usize,
+    /// Of those, how many run at once (the gate's places): the cores this process may use,
+    /// shared among the workers, at least one.
+    pub running_threads: usize,
     pub listeners: Vec<ListenerSettings>,
     /// Plain-HTTP listeners that redirect every request to https (`http-to-https`).
     pub redirects: Vec<RedirectSettings>,
