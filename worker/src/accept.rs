@@ -213,7 +213,9 @@ fn advance(
                     listener,
                     local,
                 );
-                conn.buf = buf;
+                if !buf.is_empty() {
+                    conn.buf = buf;
+                }
                 return serve(shared, conn, false, Some(awaiting));
             }
         };

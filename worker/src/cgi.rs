@@ -1,5 +1,7 @@
 //! The CGI-style vars a uwsgi backend receives for one request (SPEC §5).
 
+use std::borrow::Cow;
+
 use crate::backend::uwsgi::{Packet, VarsTooLarge};
 use crate::http::request::RequestHead;
 use crate::session::ConnInfo;
@@ -19,21 +21,22 @@ pub fn request_packet(
     p.var(b"QUERY_STRING", query.as_bytes());
     p.var(b"SERVER_PROTOCOL", head.protocol().as_bytes());
     p.var(b"SCRIPT_NAME", b"");
-    let host = head.header("host");
-    let server_name = host
+    let server_name = head
+        .header("host")
         .map(host_without_port)
-        .or(info.sni.as_deref().map(str::as_bytes))
-        .map(<[u8]>::to_vec)
-        .unwrap_or_else(|| info.local.ip().to_string().into_bytes());
-    p.var(b"SERVER_NAME", &server_name);
-    p.var(b"SERVER_PORT", info.local.port().to_string().as_bytes());
-    p.var(b"REMOTE_ADDR", info.peer.ip().to_string().as_bytes());
-    p.var(b"REMOTE_PORT", info.peer.port().to_string().as_bytes());
+        .or(info.sni.as_deref().map(str::as_bytes));
+    match server_name {
+        Some(name) => p.var(b"SERVER_NAME", name),
+        None => p.var_fmt(b"SERVER_NAME", info.local.ip()),
+    }
+    p.var_fmt(b"SERVER_PORT", info.local.port());
+    p.var_fmt(b"REMOTE_ADDR", info.peer.ip());
+    p.var_fmt(b"REMOTE_PORT", info.peer.port());
     if let Some(ct) = head.header("content-type") {
         p.var(b"CONTENT_TYPE", ct);
     }
     if content_length > 0 || head.header("content-length").is_some() {
-        p.var(b"CONTENT_LENGTH", content_length.to_string().as_bytes());
+        p.var_fmt(b"CONTENT_LENGTH", content_length);
     }
     p.var(b"HTTPS", b"on");
     p.var(b"UWSGI_SCHEME", b"https");
@@ -126,7 +129,10 @@ fn host_without_port(host: &[u8]) -> &[u8] {
 }
 
 /// `%XX` decoded; a `%` not followed by two hex digits stays as it is.
-pub fn percent_decode(input: &[u8]) -> Vec<u8> {
+pub fn percent_decode(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input.contains(&b'%') {
+        return Cow::Borrowed(input);
+    }
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
@@ -140,7 +146,7 @@ pub fn percent_decode(input: &[u8]) -> Vec<u8> {
         out.push(input[i]);
         i += 1;
     }
-    out
+    Cow::Owned(out)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -161,9 +167,10 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode(b"/a%20b"), b"/a b");
-        assert_eq!(percent_decode(b"/%zz%2"), b"/%zz%2");
-        assert_eq!(percent_decode(b"%41"), b"A");
+        assert_eq!(&*percent_decode(b"/a%20b"), b"/a b");
+        assert_eq!(&*percent_decode(b"/%zz%2"), b"/%zz%2");
+        assert_eq!(&*percent_decode(b"%41"), b"A");
+        assert!(matches!(percent_decode(b"/plain"), Cow::Borrowed(b"/plain")));
     }
 
     #[test]

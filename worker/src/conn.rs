@@ -68,6 +68,10 @@ enum Reply {
 pub struct ThreadState {
     pub index: usize,
     pub scratch: Vec<u8>,
+    /// The read buffer of the connection this thread serves; it travels with a connection
+    /// only while that holds unread bytes (pipelined requests). Allocating 16 KiB per
+    /// resumed connection showed in profiles (malloc, malloc_consolidate).
+    pub read_buf: Vec<u8>,
 }
 
 pub struct Conn<'a, 's> {
@@ -93,12 +97,14 @@ impl<'a, 's> Conn<'a, 's> {
         listener: &'s ListenerRt,
         local: &'a mut ThreadState,
     ) -> Self {
+        let mut buf = std::mem::take(&mut local.read_buf);
+        buf.clear();
         Self {
             tls,
             shared,
             listener,
             info,
-            buf: Vec::new(),
+            buf,
             local,
             served_any,
             registered,
@@ -122,6 +128,7 @@ impl<'a, 's> Conn<'a, 's> {
                 self.complete(*a)
             } else {
                 if !due && self.is_idle() {
+                    self.give_back_buf();
                     return Some(Box::new(self.into_parked()));
                 }
                 due = false;
@@ -140,7 +147,15 @@ impl<'a, 's> Conn<'a, 's> {
             };
             match outcome {
                 Ok(Next::KeepAlive) => continue,
-                Ok(Next::Await(a)) => return Some(Box::new(self.into_awaiting(a))),
+                Ok(Next::Await(a)) => {
+                    let buf = if self.buf.is_empty() {
+                        self.give_back_buf();
+                        Vec::new()
+                    } else {
+                        std::mem::take(&mut self.buf)
+                    };
+                    return Some(Box::new(self.into_awaiting(a, buf)));
+                }
                 Ok(Next::Close) | Err(End::Client) => break,
                 Err(End::Answer(status)) => {
                     let _ = self.tls.write_all(&status.response());
@@ -150,7 +165,13 @@ impl<'a, 's> Conn<'a, 's> {
         }
         // close_notify, best effort: the peer may be gone already.
         let _ = self.tls.shutdown();
+        self.give_back_buf();
         None
+    }
+
+    /// The read buffer goes back to the thread (it holds nothing of this connection's).
+    fn give_back_buf(&mut self) {
+        self.local.read_buf = std::mem::take(&mut self.buf);
     }
 
     /// Nothing of a next request has arrived: no bytes we hold, none OpenSSL holds
@@ -192,7 +213,7 @@ impl<'a, 's> Conn<'a, 's> {
     }
 
     /// Park while the backend works on a request: its fd, not the client's, is watched.
-    fn into_awaiting(self, awaiting: Box<Awaiting>) -> Parked {
+    fn into_awaiting(self, awaiting: Box<Awaiting>, buf: Vec<u8>) -> Parked {
         Parked {
             deadline: awaiting.wait.deadline,
             listener: self.listener.index,
@@ -201,7 +222,7 @@ impl<'a, 's> Conn<'a, 's> {
             stage: Stage::Backend {
                 tls: self.tls,
                 info: self.info,
-                buf: self.buf,
+                buf,
                 client_registered: self.registered,
                 awaiting,
             },

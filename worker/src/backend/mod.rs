@@ -100,7 +100,7 @@ impl Backends {
     ) -> Result<Connected<'_>, (io::Error, String)> {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut last = (io::Error::other("no backend configured"), String::new());
+        let mut last = None;
         for i in 0..n {
             let index = (start + i) % n;
             let (addr, target) = &self.targets[index];
@@ -121,10 +121,13 @@ impl Backends {
                         reused: false,
                     })
                 }
-                Err(e) => last = (e, addr.to_string()),
+                Err(e) => last = Some((e, addr)),
             }
         }
-        Err(last)
+        Err(match last {
+            Some((e, addr)) => (e, addr.to_string()),
+            None => (io::Error::other("no backend configured"), String::new()),
+        })
     }
 
     pub fn addr(&self, index: usize) -> &BackendAddr {

@@ -39,6 +39,20 @@ impl Packet {
         self.buf.extend_from_slice(value);
     }
 
+    /// A var whose value is formatted in place (numbers, addresses): no string in between.
+    pub fn var_fmt(&mut self, key: &[u8], value: impl std::fmt::Display) {
+        struct Bytes<'a>(&'a mut Vec<u8>);
+        impl std::fmt::Write for Bytes<'_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0.extend_from_slice(s.as_bytes());
+                Ok(())
+            }
+        }
+        let token = self.begin_var(key);
+        let _ = std::fmt::Write::write_fmt(&mut Bytes(&mut self.buf), format_args!("{value}"));
+        self.end_var(token);
+    }
+
     /// Start a var whose value is appended in pieces with [`Packet::push`]; returns a token
     /// for [`Packet::end_var`].
     pub fn begin_var(&mut self, key: &[u8]) -> usize {
