@@ -353,3 +353,51 @@ fn malformed_request_gets_400_and_server_goes_on() {
         "next connection after the 400: {out:?}"
     );
 }
+
+/// A request waiting for a slow application holds no thread: with `threads = 2`, twelve
+/// concurrent requests to a backend that answers after 1.5 s all get their answer in about
+/// 1.5 s (two blocked threads would take six rounds: 9 s).
+#[test]
+fn slow_backend_answers_do_not_hold_threads() {
+    let _wd = watchdog("slow_backend_answers_do_not_hold_threads", LIMIT);
+    let env = TestEnv::new();
+    let backend = Backend::unix(&env.path("app.sock"));
+    let port = free_port();
+    let cfg = format!(
+        "processes = 1\nthreads = 2\nhttps = [{}]\nhttp-to = {}\n",
+        common::toml_str(&format!("127.0.0.1:{port},server.crt,server.key")),
+        common::toml_str(&backend.http_to())
+    );
+    let _server = Server::start(env.dir(), &cfg, port);
+
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..12)
+        .map(|i| {
+            let certs = env.certs.clone();
+            std::thread::spawn(move || {
+                let mut conn = TlsConn::connect(port, &certs)?;
+                conn.get(&format!("/slow?ms=1500&n={i}"))
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let resp = client
+            .join()
+            .expect("client thread")
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.status, 200, "request {i}: {resp:?}");
+        assert!(
+            resp.text()
+                .contains(&format!("QUERY_STRING=ms=1500&n={i}\n")),
+            "request {i} got someone else's answer: {resp:?}"
+        );
+    }
+    let took = started.elapsed();
+    eprintln!("12 requests of 1.5 s each through 2 threads took {took:?}");
+    assert!(
+        took < Duration::from_millis(4500),
+        "12 concurrent 1.5 s requests with threads = 2 took {took:?}: requests waiting for \
+         their backend hold threads"
+    );
+}
