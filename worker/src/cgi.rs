@@ -170,7 +170,10 @@ mod tests {
         assert_eq!(&*percent_decode(b"/a%20b"), b"/a b");
         assert_eq!(&*percent_decode(b"/%zz%2"), b"/%zz%2");
         assert_eq!(&*percent_decode(b"%41"), b"A");
-        assert!(matches!(percent_decode(b"/plain"), Cow::Borrowed(b"/plain")));
+        assert!(matches!(
+            percent_decode(b"/plain"),
+            Cow::Borrowed(b"/plain")
+        ));
     }
 
     #[test]

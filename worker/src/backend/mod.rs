@@ -94,10 +94,7 @@ impl Backends {
     /// Round robin per request, idle pooled connections first; a backend that refuses is
     /// skipped for the next one. Returns the last error (and the backend it names) when
     /// none accepts.
-    pub fn connect(
-        &self,
-        timeout: Duration,
-    ) -> Result<Connected<'_>, (io::Error, String)> {
+    pub fn connect(&self, timeout: Duration) -> Result<Connected<'_>, (io::Error, String)> {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
