@@ -32,6 +32,8 @@ const IDLE_BUFFERS_MS: u64 = 1000;
 /// With this many connections parked, a connection gives its buffers back as it is parked
 /// (memory first); with fewer, only after IDLE_BUFFERS_MS (speed first).
 const EAGER_FREE_ABOVE: usize = 256;
+/// Connections at once after which their memory is given back once half of them are gone.
+const TRIM_AFTER: usize = 1024;
 /// Most connections one worker parks at once; beyond that an idle connection is closed.
 const MAX_PARKED: usize = 1 << 18;
 
@@ -454,6 +456,7 @@ impl Parking {
         epoll.add(&self.wake_keeper, EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
         let mut events = [EpollEvent::empty()];
         let mut next_sweep = Instant::now() + SWEEP;
+        let mut peak = 0;
         loop {
             let wait = next_sweep.saturating_duration_since(Instant::now());
             let timeout = EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::ZERO);
@@ -469,6 +472,7 @@ impl Parking {
             if now >= next_sweep {
                 next_sweep = now + SWEEP;
                 self.sweep(self.ms(now), reports.closed, reports.waiting);
+                peak = self.trim_after_burst(peak);
             }
             if (reports.stopping)()
                 && self.parked.load(Ordering::SeqCst) == 0
@@ -477,6 +481,19 @@ impl Parking {
                 return Ok(());
             }
         }
+    }
+
+    /// Once the connections of a burst are gone, give their memory back to the system:
+    /// glibc keeps freed memory of its per-thread arenas mapped, so after 10,000
+    /// connections a worker stayed at 420 MiB with none left. Returns the new peak.
+    fn trim_after_burst(&self, peak: usize) -> usize {
+        let now = self.parked.load(Ordering::Relaxed) + self.active.load(Ordering::Relaxed);
+        if peak >= TRIM_AFTER && now < peak / 2 {
+            // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+            unsafe { libc::malloc_trim(0) };
+            return now;
+        }
+        peak.max(now)
     }
 
     /// Give back the record buffers of a connection parked for a while. Buffers stay with a
