@@ -87,31 +87,14 @@ impl UwsgiApp {
         let app = dir.join("app.py");
         fs::write(&app, APP_PY).expect("write app.py");
         let log_path = dir.join("uwsgi-app.log");
-        let log = File::create(&log_path).expect("create uwsgi-app.log");
-        let log2 = log.try_clone().expect("dup uwsgi-app.log");
         let mut cmd = Command::new("uwsgi");
         cmd.args(["--plugin", "python3", "--socket"])
             .arg(&socket)
             .args(["--chmod-socket=666", "--processes", "1", "--need-app"])
             .arg("--wsgi-file")
             .arg(&app)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2));
-        // SAFETY: prctl is async-signal-safe; no allocation in the closure.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                Ok(())
-            });
-        }
+            .current_dir(dir);
+        super::procs::log_and_tie(&mut cmd, &log_path);
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,

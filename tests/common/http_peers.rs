@@ -73,26 +73,9 @@ pub struct AppServer {
 }
 
 fn spawn_logged(mut cmd: Command, log_path: &Path, what: &str) -> Child {
-    let log = File::create(log_path).expect("create app server log");
-    let log2 = log.try_clone().expect("dup app server log");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log2))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1");
-    // SAFETY: prctl is async-signal-safe; no allocation in the closure.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+    super::procs::log_and_tie(&mut cmd, log_path);
     cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"))
 }
 

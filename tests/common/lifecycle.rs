@@ -84,28 +84,15 @@ impl Master {
         let config_path = dir.join("app.toml");
         fs::write(&config_path, config).expect("write app.toml");
         let log_path = dir.join("master.log");
-        let log = File::create(&log_path).expect("create master.log");
-        let log2 = log.try_clone().expect("dup master.log");
         let mut cmd = Command::new(super::bin());
-        cmd.arg("--config")
-            .arg(&config_path)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2));
+        cmd.arg("--config").arg(&config_path).current_dir(dir);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        // SAFETY: prctl and setrlimit are async-signal-safe; no allocation.
+        super::procs::log_and_tie(&mut cmd, &log_path);
+        // SAFETY: setrlimit is async-signal-safe; no allocation.
         unsafe {
             cmd.pre_exec(|| {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
                 let no_core = libc::rlimit {
                     rlim_cur: 0,
                     rlim_max: 0,
@@ -920,29 +907,9 @@ pub struct Supervisord {
 impl Supervisord {
     /// Start `supervisord -n -c conf` (stdout+stderr to `<dir>/supervisord.out`).
     pub fn start(dir: &Path, conf: &Path) -> Supervisord {
-        let out = File::create(dir.join("supervisord.out")).expect("create supervisord.out");
-        let out2 = out.try_clone().expect("dup");
         let mut cmd = Command::new("supervisord");
-        cmd.arg("-n")
-            .arg("-c")
-            .arg(conf)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(out2));
-        // SAFETY: prctl is async-signal-safe; no allocation in the closure.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                Ok(())
-            });
-        }
+        cmd.arg("-n").arg("-c").arg(conf).current_dir(dir);
+        super::procs::log_and_tie(&mut cmd, &dir.join("supervisord.out"));
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot run supervisord ({e}): install Debian's `supervisor` package \

@@ -1,6 +1,10 @@
-//! Process inspection through /proc, and polling with deadlines.
+//! Starting child processes that log to a file and die with the test, process inspection
+//! through /proc, and polling with deadlines.
 
-use std::fs;
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Fields of /proc/<pid>/stat after the command name: (state, ppid, starttime).
@@ -134,5 +138,30 @@ pub fn kill(pid: i32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe {
         libc::kill(pid, sig);
+    }
+}
+
+/// Make `cmd` log its stdout and stderr to a new file at `log_path`, read nothing, and die
+/// with the test process (PR_SET_PDEATHSIG): no test leaves a child behind, even when it
+/// panics before its guard drops.
+pub fn log_and_tie(cmd: &mut Command, log_path: &Path) {
+    let log =
+        File::create(log_path).unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
+    let log2 = log.try_clone().expect("dup log file");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2));
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
     }
 }

@@ -55,30 +55,12 @@ impl Server {
     /// `<dir>/master.log`.
     pub fn spawn_args(dir: &Path, args: &[&std::ffi::OsStr], config_path: PathBuf) -> Server {
         let log_path = dir.join("master.log");
-        let log = File::create(&log_path).expect("create master.log");
-        let log2 = log.try_clone().expect("dup master.log");
         let mut cmd = Command::new(super::bin());
-        cmd.args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2));
+        cmd.args(args).current_dir(dir);
         // Safety net: if the test binary dies, its masters die too (the
         // product clears this when it changes credentials; the watchdog
         // and Drop cover that case).
-        // SAFETY: prctl is async-signal-safe; no allocation in the closure.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                Ok(())
-            });
-        }
+        super::procs::log_and_tie(&mut cmd, &log_path);
         let child = cmd.spawn().expect("spawn uwsgi-master");
         let pid = child.id() as i32;
         watchdog::register_pid(pid);
