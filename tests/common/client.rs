@@ -362,6 +362,14 @@ impl TlsConn {
         })
     }
 
+    /// Wrap a connection made elsewhere (a shared connector, see lifecycle.rs).
+    pub fn from_stream(ssl: SslStream<TcpStream>, port: u16) -> TlsConn {
+        TlsConn {
+            r: BufReader::with_capacity(64 * 1024, ssl),
+            port,
+        }
+    }
+
     pub fn stream(&self) -> &SslStream<TcpStream> {
         self.r.get_ref()
     }

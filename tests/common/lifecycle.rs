@@ -142,16 +142,7 @@ impl Master {
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.try_exit() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        procs::wait_exit(&mut self.child, timeout)
     }
 }
 
@@ -305,10 +296,7 @@ pub struct Connector {
 }
 
 /// One client connection made by a [`Connector`].
-pub struct Conn {
-    r: BufReader<SslStream<TcpStream>>,
-    port: u16,
-}
+pub type Conn = super::client::TlsConn;
 
 impl Connector {
     pub fn new(port: u16, ca: &Path) -> Connector {
@@ -332,36 +320,7 @@ impl Connector {
             .inner
             .connect("localhost", tcp)
             .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
-        Ok(Conn {
-            r: BufReader::with_capacity(16 * 1024, s),
-            port: self.port,
-        })
-    }
-}
-
-impl Conn {
-    pub fn stream(&self) -> &SslStream<TcpStream> {
-        self.r.get_ref()
-    }
-
-    pub fn send(&mut self, data: &[u8]) -> io::Result<()> {
-        let s = self.r.get_mut();
-        s.write_all(data)?;
-        s.flush()
-    }
-
-    pub fn read_response(&mut self) -> io::Result<Response> {
-        read_response(&mut self.r, false)
-    }
-
-    /// `GET path HTTP/1.1` (keep-alive); read the answer.
-    pub fn get(&mut self, path: &str) -> io::Result<Response> {
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\nUser-Agent: e2e-test\r\n\r\n",
-            self.port
-        );
-        self.send(req.as_bytes())?;
-        self.read_response()
+        Ok(Conn::from_stream(s, self.port))
     }
 }
 

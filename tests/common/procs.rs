@@ -4,7 +4,7 @@
 use std::fs::{self, File};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Fields of /proc/<pid>/stat after the command name: (state, ppid, starttime).
@@ -163,5 +163,19 @@ pub fn log_and_tie(cmd: &mut Command, log_path: &Path) {
             );
             Ok(())
         });
+    }
+}
+
+/// Wait (polling) up to `timeout` for `child` to exit; its status, or None if it still runs.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

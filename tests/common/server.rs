@@ -185,16 +185,7 @@ impl Server {
 
     /// Wait (polling) up to `timeout` for the master to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.try_exit() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        procs::wait_exit(&mut self.child, timeout)
     }
 
     /// Wait for the master to exit; panic with the log if it does not.
